@@ -1,0 +1,196 @@
+"""Differentiable replay of a client's local training, for matching FedAvg updates.
+
+The server knows the local-training plan it sent (:class:`~fl_shadow.training.LocalTraining`:
+optimizer, lr, momentum, weight decay, batch size, epochs or steps) and the example count the
+client reported, so it can simulate the update ``theta_T - theta_0`` that candidate images would
+have produced, as a differentiable function of those images. With one local step this is the
+single-gradient threat model (``-lr * grad`` for plain SGD); with several it is the multi-step
+FedAvg setting of Geiping et al. 2020 (Sec. 6) and breaching's ``UserMultiStep``.
+
+Slot assignment. Candidate images are *slots* ``x[0..K-1]``. Step ``t`` takes the next
+``plan.step_batch_sizes(num_examples)[t]`` consecutive slots, restarting at slot 0 when an
+epoch's worth is used up (the same walk as :func:`fl_shadow.training.batch_indices`, with the
+identity permutation). The client's permutation is private, so within one epoch this is without
+loss of generality: the attacker simply learns the images in the client's batch order. Beyond one
+epoch the client reshuffles, which the attacker cannot know; reusing the same slot order every
+epoch is then an approximation.
+
+Like the client, the replay runs the model in train mode (BatchNorm normalises with batch
+statistics). Buffers are cloned for every call, so running statistics never leak into the
+attacker's model or between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fl_shadow.training import LocalTraining
+
+# PyTorch's Adam defaults (the client builds torch.optim.Adam with them).
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+def step_slots(plan: LocalTraining, num_examples: int, num_images: int) -> list[torch.Tensor]:
+    """Candidate-slot indices used by each local step.
+
+    Args:
+        plan: the local-training plan.
+        num_examples: the example count the client reported (fixes the batch schedule).
+        num_images: number of candidate slots ``K`` (distinct images the attacker models).
+
+    Returns:
+        one ``(B_t,)`` long tensor per step with indices in ``[0, K)``.
+
+    Example:
+        >>> plan = LocalTraining(lr=0.1, batch_size=2, local_epochs=2)
+        >>> [s.tolist() for s in step_slots(plan, 3, 3)]
+        [[0, 1], [2], [0, 1], [2]]
+    """
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    slots: list[torch.Tensor] = []
+    pos = 0
+    for size in plan.step_batch_sizes(num_examples):
+        if pos + size > num_images:
+            pos = 0
+        # A batch larger than K (attacker models fewer images than a batch holds) cycles.
+        slots.append(torch.arange(pos, pos + size) % num_images)
+        pos += size
+    return slots
+
+
+class UpdateReplay:
+    """Simulates ``client - global`` for candidate images, differentiably in the images.
+
+    Args:
+        model: the task architecture; only its structure and training flag are used (weights
+            come from ``global_state``); never modified.
+        global_state: the global ``state_dict`` the server sent (parameters and buffers).
+        plan: the local-training plan the server sent.
+        num_examples: the example count the client reported.
+        num_images: candidate slots ``K``; default: ``plan.num_distinct_images(num_examples)``.
+
+    Attributes:
+        names: trainable parameter names, in ``model.parameters()`` order (the order of the
+            returned update and of :meth:`fl_shadow.attacks.base.Observation.parameter_update`).
+        slots: slot indices per step, see :func:`step_slots`.
+    """
+
+    def __init__(self, model: nn.Module, global_state: Mapping[str, torch.Tensor],
+                 plan: LocalTraining, num_examples: int, num_images: int | None = None) -> None:
+        if plan.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"cannot replay optimizer {plan.optimizer!r}; expected sgd or adam")
+        self.model = model
+        self.plan = plan
+        self.num_images = (plan.num_distinct_images(num_examples) if num_images is None
+                           else num_images)
+        self.slots = step_slots(plan, num_examples, self.num_images)
+        device = next(model.parameters()).device
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        missing = [n for n in self.names if n not in global_state]
+        if missing:
+            raise KeyError(f"global_state lacks parameter {missing[0]!r}")
+        self._initial = {n: global_state[n].detach().to(device=device, dtype=torch.float32)
+                         for n in self.names}
+        # Frozen parameters and buffers: taken from the global state where present.
+        self._constants = {}
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name in self._initial:
+                continue
+            source = global_state.get(name, tensor)
+            self._constants[name] = source.detach().to(device)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.slots)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, *,
+                 create_graph: bool = True) -> list[torch.Tensor]:
+        """The simulated update, one tensor per trainable parameter.
+
+        Args:
+            x: ``(K, C, H, W)`` candidate images in normalized space (``requires_grad`` for
+                attacks).
+            labels: ``(K,)`` class indices or ``(K, num_classes)`` probabilities, per slot.
+            create_graph: keep the graph through every step so the update can be
+                differentiated with respect to ``x`` (off for plain evaluation).
+
+        Returns:
+            ``theta_T - theta_0`` per parameter (same order as :attr:`names`).
+        """
+        if x.shape[0] != self.num_images:
+            raise ValueError(f"expected {self.num_images} candidate images, got {x.shape[0]}")
+        if labels.shape[0] != self.num_images:
+            raise ValueError(f"expected {self.num_images} labels, got {labels.shape[0]}")
+        plan = self.plan
+        params = {n: t.clone().requires_grad_(True) for n, t in self._initial.items()}
+        # Fresh buffer copies: BatchNorm updates them in place in train mode.
+        constants = {n: t.clone() for n, t in self._constants.items()}
+        state: dict[str, list[torch.Tensor]] = {}
+        was_training = self.model.training
+        self.model.train()
+        try:
+            for step, idx in enumerate(self.slots):
+                idx = idx.to(x.device)
+                logits = functional_call(self.model, {**params, **constants}, (x[idx],))
+                loss = F.cross_entropy(logits, labels[idx])
+                tensors = [params[n] for n in self.names]
+                grads = torch.autograd.grad(loss, tensors, create_graph=create_graph,
+                                            allow_unused=True)
+                grads = [torch.zeros_like(p) if g is None else g
+                         for p, g in zip(tensors, grads, strict=True)]
+                new = self._optimizer_step(tensors, grads, state, step + 1)
+                if not create_graph:
+                    new = [p.detach().requires_grad_(True) for p in new]
+                params = dict(zip(self.names, new, strict=True))
+        finally:
+            self.model.train(was_training)
+        update = [params[n] - self._initial[n] for n in self.names]
+        return update if create_graph else [u.detach() for u in update]
+
+    def _optimizer_step(self, params: list[torch.Tensor], grads: list[torch.Tensor],
+                        state: dict[str, list[torch.Tensor]], t: int) -> list[torch.Tensor]:
+        """One functional step of ``torch.optim.SGD``/``Adam`` (default flags) at step ``t``."""
+        plan = self.plan
+        if plan.weight_decay:
+            grads = [g + plan.weight_decay * p for p, g in zip(params, grads, strict=True)]
+        if plan.optimizer == "sgd":
+            if plan.momentum:
+                if "buf" not in state:  # torch: first step sets the buffer to the gradient
+                    state["buf"] = list(grads)
+                else:
+                    state["buf"] = [plan.momentum * b + g
+                                    for b, g in zip(state["buf"], grads, strict=True)]
+                grads = state["buf"]
+            return [p - plan.lr * g for p, g in zip(params, grads, strict=True)]
+        beta1, beta2 = _ADAM_BETAS
+        m = state.get("m", [torch.zeros_like(g) for g in grads])
+        v = state.get("v", [torch.zeros_like(g) for g in grads])
+        m = [beta1 * a + (1 - beta1) * g for a, g in zip(m, grads, strict=True)]
+        v = [beta2 * b + (1 - beta2) * g * g for b, g in zip(v, grads, strict=True)]
+        state["m"], state["v"] = m, v
+        step_size = plan.lr / (1 - beta1 ** t)
+        root_c2 = (1 - beta2 ** t) ** 0.5
+        # clamp keeps d sqrt(v)/dv finite where v == 0 (a zero gradient entry); below 1e-30
+        # the clamp changes sqrt(v) by < 1e-15, far under eps.
+        return [p - step_size * a / (b.clamp_min(1e-30).sqrt() / root_c2 + _ADAM_EPS)
+                for p, a, b in zip(params, m, v, strict=True)]
+
+
+def simulate_update(model: nn.Module, global_state: Mapping[str, torch.Tensor],
+                    x: torch.Tensor, labels: torch.Tensor, plan: LocalTraining,
+                    num_examples: int, *, create_graph: bool = True) -> list[torch.Tensor]:
+    """One-shot :class:`UpdateReplay` with ``K = x.shape[0]`` slots; see its docs."""
+    replay = UpdateReplay(model, global_state, plan, num_examples, num_images=x.shape[0])
+    return replay(x, labels, create_graph=create_graph)
+
+
+__all__ = ["UpdateReplay", "simulate_update", "step_slots"]

@@ -1,0 +1,183 @@
+"""The defended hospital client: Flower ``NumPyClient`` that trains through a defense.
+
+One round (``fit``): load the global weights, build the defense from the experiment config,
+restore the defense's per-client state, let the defense wrap the model / perturb each batch /
+transform each step's gradient (:func:`fl_shadow.training.train_locally`), let it transform the
+whole update, save its state, and send back ``global + protected update`` with metrics.
+
+In simulation the client also sends an *audit record* (the global indices of the images it
+trained on, per step) so the server can score reconstructions after the attack; the attack code
+never receives it. In deployment (``simulation=False``) no audit record leaves the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.client import NumPyClient
+
+from fl_shadow import flower_keys as keys
+from fl_shadow.audit import encode_audit
+from fl_shadow.config import ExperimentConfig
+from fl_shadow.defenses import DefenseContext, build_defense
+from fl_shadow.models import build_model
+from fl_shadow.training import (
+    LocalTraining,
+    evaluate_loss,
+    predict,
+    resolve_device,
+    train_locally,
+)
+
+log = logging.getLogger(__name__)
+
+DEFENSE_STATE_KEY = "defense-state"
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A client's own images.
+
+    Attributes:
+        images: ``(N, C, H, W)`` in [0, 1].
+        labels: ``(N,)``.
+        global_indices: each image's index in the federation's train split (simulation), used
+            only for the audit record.
+        mean, std: input normalization.
+        num_classes: number of labels.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    global_indices: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+
+
+def local_training_plan(config: ExperimentConfig, client_id: int) -> LocalTraining:
+    """The plan the server sends this client (its batch size comes from the partition config)."""
+    t = config.train
+    return LocalTraining(lr=t.lr, batch_size=config.partition.batch_size_of(client_id),
+                         local_epochs=t.local_epochs, local_steps=t.local_steps,
+                         momentum=t.momentum, weight_decay=t.weight_decay, optimizer=t.optimizer)
+
+
+class DefendedClient(NumPyClient):
+    """A hospital: local data, a defense, and local training.
+
+    Args:
+        config: the experiment config (sent by the server).
+        client_id: partition id (simulation) or a stable node number (deployment).
+        data: the client's local images.
+        context: Flower's node context; the defense's state is kept in ``context.state``
+            between rounds (None: no state kept).
+        send_audit: attach the audit record to the metrics (simulation only).
+    """
+
+    def __init__(self, config: ExperimentConfig, client_id: int, data: LocalData,
+                 context: Context | None = None, *, send_audit: bool) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.data = data
+        self.context = context
+        self.send_audit = send_audit
+        self.device = resolve_device(config.train.device)
+        self.model = self._new_model()
+
+    def _new_model(self) -> torch.nn.Module:
+        m = self.config.model
+        c, h, _ = self.data.images.shape[1:]
+        return build_model(m.name, in_channels=int(c), num_classes=self.data.num_classes,
+                           image_size=int(h), width=m.width, norm=m.norm).to(self.device)
+
+    def _normalized(self) -> torch.Tensor:
+        mean = torch.tensor(self.data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.data.std).view(1, -1, 1, 1)
+        return ((self.data.images - mean) / std).to(self.device)
+
+    def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:
+        return [v.detach().cpu().numpy() for v in self.model.state_dict().values()]
+
+    def _set_parameters(self, parameters: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        if len(parameters) != len(state):
+            raise ValueError(f"received {len(parameters)} arrays, the model has {len(state)}")
+        new_state = {k: torch.as_tensor(np.asarray(v)).to(state[k].dtype)
+                     for k, v in zip(state, parameters, strict=True)}
+        self.model.load_state_dict(new_state)
+        return {k: v.clone() for k, v in new_state.items()}
+
+    def fit(self, parameters: list[np.ndarray],
+            config: Mapping[str, object]) -> tuple[list[np.ndarray], int, dict[str, object]]:
+        start = time.perf_counter()
+        server_round = int(config[keys.SERVER_ROUND])
+        num_rounds = int(config[keys.NUM_ROUNDS])
+        global_state = self._set_parameters(parameters)
+        seed = int(np.random.SeedSequence(
+            [self.config.seed, self.client_id, server_round]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        ctx = DefenseContext(server_round=server_round, num_rounds=num_rounds,
+                             client_id=self.client_id, device=self.device, generator=generator,
+                             mean=self.data.mean, std=self.data.std)
+
+        defense = build_defense(self.config.defense.name, self.config.defense.params)
+        self._load_defense_state(defense)
+        images, labels = self._normalized(), self.data.labels.to(self.device)
+        defense.setup(images, labels, self.model, ctx)
+        model = defense.wrap_model(self.model, ctx)
+        plan = local_training_plan(self.config, self.client_id)
+        result = train_locally(model, images, labels, plan, defense=defense, ctx=ctx,
+                               generator=generator)
+
+        local_state = defense.unwrap_state(model)
+        update = {k: local_state[k].detach() - global_state[k].to(self.device)
+                  for k in global_state}
+        update = defense.protect_update(update, model, ctx)
+        sent = [(global_state[k].to(self.device) + update[k]).to(global_state[k].dtype)
+                .cpu().numpy() for k in global_state]
+        self._save_defense_state(defense)
+
+        metrics: dict[str, object] = {
+            keys.PARTITION_ID: self.client_id,
+            keys.TRAIN_LOSS: result.mean_loss,
+            keys.NUM_STEPS: result.num_steps,
+            keys.FIT_SECONDS: time.perf_counter() - start,
+        }
+        metrics.update({f"defense-{k}": float(v) for k, v in ctx.metrics.items()})
+        if self.send_audit:
+            metrics[keys.AUDIT] = encode_audit(result.batches, self.data.global_indices)
+        log.info("client %d round %d: %d steps, loss %.4f, %.2fs", self.client_id, server_round,
+                 result.num_steps, result.mean_loss, metrics[keys.FIT_SECONDS])
+        return sent, len(self.data.labels), metrics
+
+    def evaluate(self, parameters: list[np.ndarray],
+                 config: Mapping[str, object]) -> tuple[float, int, dict[str, object]]:
+        self._set_parameters(parameters)
+        images, labels = self._normalized(), self.data.labels
+        preds = predict(self.model, images, device=self.device)
+        loss = evaluate_loss(self.model, images, labels.to(self.device), device=self.device)
+        accuracy = float((preds == labels).float().mean()) if len(labels) else 0.0
+        return loss, len(labels), {"accuracy": accuracy}
+
+    # Defense state lives in the node's context.state, which Flower keeps between rounds.
+    def _load_defense_state(self, defense: object) -> None:
+        if self.context is None or DEFENSE_STATE_KEY not in self.context.state:
+            return
+        record = self.context.state[DEFENSE_STATE_KEY]
+        defense.load_state_dict(record.to_torch_state_dict())  # type: ignore[attr-defined]
+
+    def _save_defense_state(self, defense: object) -> None:
+        if self.context is None:
+            return
+        state = defense.state_dict()  # type: ignore[attr-defined]
+        if state:
+            self.context.state[DEFENSE_STATE_KEY] = ArrayRecord(
+                {k: v.detach().cpu() for k, v in state.items()})

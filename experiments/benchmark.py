@@ -1,0 +1,114 @@
+"""Benchmark the default config's moving parts (run by hand; figures go into the README).
+
+Measures, outside Flower so that start-up does not blur the numbers:
+
+* client round time: one ``DefendedClient.fit`` per client of the config (median of repeats);
+* attack speed: iterations per second of the configured attack on a real update, and its time;
+* peak memory of this process (max RSS) and, on CUDA, peak allocated GPU memory.
+
+Usage::
+
+    python experiments/benchmark.py [CONFIG] [--set key=value ...] [--repeats 3] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacks import Prior
+from clients.defended import DefendedClient, LocalData
+from fl_shadow import flower_keys as keys
+from fl_shadow.config import load_config
+from fl_shadow.data import client_dataset, load_dataset
+from fl_shadow.scoring import Scorer
+from fl_shadow.server_app import model_builder
+from fl_shadow.training import resolve_device
+from strategies.attack_hook import AttackHook
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", nargs="?")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config, args.set)
+    device = resolve_device(config.train.device)
+    t0 = time.perf_counter()
+    splits = load_dataset(config.data, seed=config.seed)
+    data_seconds = time.perf_counter() - t0
+    build = model_builder(config, splits)
+    torch.manual_seed(config.seed)
+    arrays = [v.numpy() for v in build().state_dict().values()]
+    state_keys = list(build().state_dict())
+
+    fit_cfg = {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: config.train.rounds}
+    client_times: dict[int, float] = {}
+    updates = {}
+    for cid in range(config.partition.num_clients):
+        indices, local = client_dataset(splits, config.partition, cid, seed=config.seed)
+        data = LocalData(local.images, local.labels, np.asarray(indices), splits.mean,
+                         splits.std, splits.num_classes)
+        times = []
+        for _ in range(args.repeats):
+            client = DefendedClient(config, cid, data, None, send_audit=True)
+            start = time.perf_counter()
+            updates[cid] = client.fit(arrays, fit_cfg)
+            times.append(time.perf_counter() - start)
+        client_times[cid] = statistics.median(times)
+
+    attack_rows = []
+    if config.attack.name != "none":
+        prior = Prior(model_factory=build, image_shape=splits.image_shape,
+                      num_classes=splits.num_classes, mean=splits.mean, std=splits.std)
+        hook = AttackHook(config, prior, state_keys, label_lookup=splits.train.labels,
+                          device=device)
+        scorer = Scorer(splits.train)
+        for cid in config.attack.clients or range(config.partition.num_clients):
+            sent, n, metrics = updates[cid]
+            outcome = hook.run(1, cid, arrays, sent, n, metrics)
+            if outcome is None:
+                continue
+            rec = outcome.reconstruction
+            scores = scorer.score(rec, outcome.audit)
+            attack_rows.append({
+                "client": cid, "images": int(rec.images.shape[0]),
+                "iterations": rec.iterations, "seconds": round(rec.seconds, 2),
+                "iterations_per_second": round(rec.iterations / max(rec.seconds, 1e-9), 2),
+                **({k: round(v, 4) for k, v in scores.summary.items()} if scores else {}),
+            })
+
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "config": args.config or "default", "overrides": args.set,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                   f"torch threads, device {device}",
+        "dataset_load_seconds": round(data_seconds, 2),
+        "client_round_seconds": {str(k): round(v, 3) for k, v in client_times.items()},
+        "attacks_round1": attack_rows,
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if device.type == "cuda" else None,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""``fl-shadow``: validate a config, then run it on Flower's simulation engine.
+
+    fl-shadow run [CONFIG] [--set key=value ...]   # flwr run . with the right federation
+    fl-shadow validate CONFIG [--set key=value ...]
+    fl-shadow show-config [CONFIG] [--set ...]      # the resolved config as YAML
+
+``run`` checks the config first (a bad key is one line, exit 2, before anything starts),
+sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
+launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
+finally checks the run's own outcome (``status.json``), because ``flwr run --stream`` exits 0
+even when the ServerApp fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fl_shadow import flower_keys as keys
+from fl_shadow.config import load_config
+from fl_shadow.errors import ConfigError
+from fl_shadow.report import new_run_dir
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid TOML basic string
+
+
+def flwr_command(config_path: Path, overrides: list[str], run_dir: Path, *,
+                 num_clients: int, cpus_per_client: float, gpus_per_client: float,
+                 run_config_file: Path) -> list[str]:
+    """The ``flwr run`` command line for this experiment (run config written to a TOML file)."""
+    run_config_file.write_text(
+        f"{keys.RUN_CONFIG_PATH} = {_toml_string(str(config_path.resolve()))}\n"
+        f"{keys.RUN_OVERRIDES} = {_toml_string('; '.join(overrides))}\n"
+        f"{keys.RUN_DIR} = {_toml_string(str(run_dir.resolve()))}\n")
+    federation = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client} "
+                  f"client-resources-num-gpus={gpus_per_client}")
+    return ["flwr", "run", str(APP_DIR), "--stream", "--run-config", str(run_config_file),
+            "--federation-config", federation]
+
+
+def run(args: argparse.Namespace) -> int:
+    config_path = Path(args.config) if args.config else APP_DIR / "experiments/configs/default.yaml"
+    config = load_config(config_path, args.set)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config.output_dir, config.name)
+    env = {**os.environ, **QUIET_ENV}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = flwr_command(config_path, args.set, run_dir,
+                           num_clients=config.partition.num_clients,
+                           cpus_per_client=config.simulation.num_cpus_per_client,
+                           gpus_per_client=config.simulation.num_gpus_per_client,
+                           run_config_file=Path(tmp) / "run_config.toml")
+        print(f"fl-shadow: running {config.name!r} -> {run_dir}", flush=True)
+        proc = subprocess.run(cmd, env=env, check=False)
+    status_file = run_dir / "status.json"
+    status = json.loads(status_file.read_text()) if status_file.exists() else {"state": "missing"}
+    if status.get("state") != "completed":
+        detail = status.get("error", "see the log above")
+        print(f"fl-shadow: run did not complete (state: {status.get('state')}, flwr exit "
+              f"{proc.returncode}): {detail}", file=sys.stderr)
+        return 1
+    print((run_dir / "summary.md").read_text())
+    print(f"fl-shadow: results in {run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fl-shadow", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "run an experiment on Flower's simulation engine"),
+                            ("validate", "check a config and exit"),
+                            ("show-config", "print the resolved config")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", nargs="?", help="YAML experiment config (default: the "
+                       "embedded offline default)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.rounds=5 (repeatable)")
+        if name == "run":
+            p.add_argument("--run-dir", help="results folder (default: a new timestamped one)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return run(args)
+        config = load_config(Path(args.config) if args.config else None, args.set)
+        if args.command == "show-config":
+            print(config.to_yaml(), end="")
+        else:
+            print(f"{args.config or 'default config'}: ok")
+        return 0
+    except ConfigError as exc:
+        print(f"fl-shadow: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

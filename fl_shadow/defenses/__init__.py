@@ -1,0 +1,12 @@
+"""Client-side defenses, one module each, registered by name in :data:`DEFENSES`."""
+
+from fl_shadow.defenses import none  # noqa: F401  (registers)
+from fl_shadow.defenses.base import (
+    DEFENSES,
+    Defense,
+    DefenseContext,
+    build_defense,
+    register_defense,
+)
+
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "build_defense", "register_defense"]

@@ -1,0 +1,17 @@
+"""Exceptions that carry a one-line message meant for the user."""
+
+
+class ConfigError(ValueError):
+    """A config key, value or referenced file is wrong.
+
+    The message names the key (``train.lr``) or the file and says what was expected; entry points
+    print it as one line and exit with status 2, without a traceback.
+    """
+
+
+class DataError(ConfigError):
+    """A data file is missing, unreadable or malformed; the message names the file."""
+
+
+class ThreatModelError(RuntimeError):
+    """An attack asked for something its configured threat model withholds."""

@@ -1,0 +1,114 @@
+"""Task models: a small ConvNet for fast CPU runs and ResNet-18 with BatchNorm.
+
+Both take normalized images ``(N, C, H, W)`` with C in {1, 3} and return class logits
+``(N, num_classes)``. Both end in a single ``nn.Linear`` called ``fc`` whose input is the
+flattened feature vector, because label recovery (iDLG), Soteria and Grad-CAM++ all need to find
+"the last layer" and "the last conv block" without guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from fl_shadow.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model", config_key="model.name")
+
+
+class ConvNet(nn.Module):
+    """Three conv blocks + a linear head on the flattened feature map (fast on a CPU at 32-64 px).
+
+    The head sees the whole ``4*width x S/4 x S/4`` feature map (no global pooling), as in the
+    ConvNet of Geiping et al. (2020): the classifier keeps spatial detail, and so does its
+    gradient, which is what makes small federated models leak.
+
+    Args:
+        in_channels: 1 or 3.
+        num_classes: output classes.
+        width: channels of the first block (doubled in the second and third).
+        norm: ``batch`` for BatchNorm after every conv (GradInversion's BN prior needs it), or
+            ``none``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, width: int = 32,
+                 norm: str = "batch", image_size: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=norm != "batch")]
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU())
+            if pool:
+                layers.append(nn.MaxPool2d(2))
+            return layers
+
+        w = width
+        self.features = nn.Sequential(
+            *block(in_channels, w, pool=True),
+            *block(w, 2 * w, pool=True),
+            *block(2 * w, 4 * w, pool=False),
+        )
+        side = image_size // 4
+        self.fc = nn.Linear(4 * w * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+    def cam_layer(self) -> nn.Module:
+        """The last conv block, for Grad-CAM++."""
+        return self.features
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (BatchNorm), randomly initialised, for 1- or 3-channel input.
+
+    Inputs smaller than 64 px get the CIFAR-style stem (3x3 conv, stride 1, no max-pool) so the
+    feature maps do not collapse to 1x1 before the last block.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, image_size: int = 224) -> None:
+        super().__init__()
+        net = resnet18(weights=None, num_classes=num_classes)
+        if image_size < 64:
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.net = net
+
+    @property
+    def fc(self) -> nn.Linear:
+        return self.net.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def cam_layer(self) -> nn.Module:
+        return self.net.layer4
+
+
+@MODELS.register("convnet")
+def _convnet(*, in_channels: int, num_classes: int, image_size: int, width: int = 32,
+             norm: str = "batch") -> nn.Module:
+    return ConvNet(in_channels, num_classes, width=width, norm=norm, image_size=image_size)
+
+
+@MODELS.register("resnet18")
+def _resnet18(*, in_channels: int, num_classes: int, image_size: int, width: int = 32,
+              norm: str = "batch") -> nn.Module:
+    if norm != "batch":
+        raise ValueError("resnet18 always uses BatchNorm; set model.norm: batch")
+    return ResNet18(in_channels, num_classes, image_size=image_size)
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int,
+                width: int = 32, norm: str = "batch") -> nn.Module:
+    """Build a registered model with freshly initialised weights (seed torch first)."""
+    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes,
+                            image_size=image_size, width=width, norm=norm)

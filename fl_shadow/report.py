@@ -1,0 +1,253 @@
+"""The results folder of one run, written as the run goes.
+
+Layout (every file is appended or rewritten as soon as its data exists, so a crashed run keeps
+everything up to its last completed step)::
+
+    <run_dir>/
+      config.yaml        the resolved experiment config
+      status.json        {"state": running|completed|failed, "rounds_completed": n, ...}
+      utility.jsonl      one row per evaluated round: loss, accuracy, macro_f1
+      fit.jsonl          one row per client update: examples, steps, train loss, seconds
+      privacy.jsonl      one row per attacked update: psnr, ssim, lpips, label accuracy, time
+      failures.jsonl     clients that failed in a round
+      grids/round003_client01.png   originals (top) vs matched reconstructions (bottom)
+      plots/utility.png, plots/privacy.png
+      summary.md         the tables printed at the end
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from fl_shadow.scoring import Scores
+    from strategies.attack_hook import AttackOutcome
+
+log = logging.getLogger(__name__)
+
+PRIVACY_COLUMNS = ("psnr", "ssim", "lpips", "label_accuracy")
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
+    base = Path(output_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+class RunRecorder:
+    """Writes one run's results folder.
+
+    Args:
+        run_dir: the folder (created).
+        config_yaml: the resolved config, saved as ``config.yaml``.
+        num_rounds: total rounds (for status and progress lines).
+    """
+
+    def __init__(self, run_dir: str | Path, config_yaml: str, num_rounds: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(config_yaml)
+        self.num_rounds = num_rounds
+        self.started = time.time()
+        self.utility: list[dict[str, Any]] = []
+        self.privacy: list[dict[str, Any]] = []
+        self.fits: list[dict[str, Any]] = []
+        self._status("running", rounds_completed=0)
+        log.info("results folder: %s", self.run_dir)
+
+    # -- rows -------------------------------------------------------------------------------
+    def log_fit(self, server_round: int, client_id: int, num_examples: int,
+                metrics: Mapping[str, Any]) -> None:
+        row = {"round": server_round, "client": client_id, "num_examples": num_examples}
+        row.update({k.replace("-", "_"): v for k, v in metrics.items()
+                    if k not in ("audit", "partition-id")})
+        self.fits.append(row)
+        self._append("fit.jsonl", row)
+
+    def log_failure(self, server_round: int, failure: object) -> None:
+        self._append("failures.jsonl", {"round": server_round, "error": repr(failure)[:500]})
+        log.warning("round %d: a client failed: %r", server_round, failure)
+
+    def log_utility(self, server_round: int, loss: float, metrics: Mapping[str, Any]) -> None:
+        row = {"round": server_round, "loss": float(loss), **{k: float(v) for k, v in
+                                                             metrics.items()}}
+        self.utility.append(row)
+        self._append("utility.jsonl", row)
+        log.info("round %d/%d: test accuracy %.4f, macro-F1 %.4f, loss %.4f", server_round,
+                 self.num_rounds, row.get("accuracy", math.nan), row.get("macro_f1", math.nan),
+                 loss)
+        self._status("running", rounds_completed=server_round)
+
+    def log_attack(self, outcome: AttackOutcome, scores: Scores | None) -> None:
+        rec = outcome.reconstruction
+        row: dict[str, Any] = {
+            "round": outcome.server_round, "client": outcome.client_id,
+            "num_images": int(rec.images.shape[0]), "attack_loss": rec.loss,
+            "iterations": rec.iterations, "attack_seconds": rec.seconds,
+        }
+        if scores is not None:
+            row.update(scores.summary)
+        self.privacy.append(row)
+        self._append("privacy.jsonl", row)
+        grid = self.run_dir / "grids" / f"round{outcome.server_round:03d}_client" \
+                                        f"{outcome.client_id:02d}.png"
+        save_grid(grid, rec.images, scores, title=f"round {outcome.server_round}, client "
+                  f"{outcome.client_id}")
+        if scores is not None:
+            log.info("round %d client %d: PSNR %.2f dB, SSIM %.3f, LPIPS %.3f (%d images, "
+                     "%.1fs)", outcome.server_round, outcome.client_id, row["psnr"], row["ssim"],
+                     row["lpips"], row["num_images"], rec.seconds)
+
+    def fail(self, error: BaseException) -> None:
+        self._status("failed", rounds_completed=self._rounds_done(), error=str(error)[:500])
+
+    def finish(self) -> str:
+        """Write plots and ``summary.md``; log the summary; mark the run completed."""
+        text = summary_markdown(self.utility, self.privacy, self.fits)
+        (self.run_dir / "summary.md").write_text(text)
+        try:
+            save_plots(self.run_dir / "plots", self.utility, self.privacy)
+        except Exception as exc:  # plots are a convenience; never lose a finished run to them
+            log.warning("could not draw plots: %s", exc)
+        self._status("completed", rounds_completed=self.num_rounds)
+        log.info("summary of %s\n%s", self.run_dir, text)
+        return text
+
+    # -- internals --------------------------------------------------------------------------
+    def _rounds_done(self) -> int:
+        return max((r["round"] for r in self.utility), default=0)
+
+    def _append(self, name: str, row: Mapping[str, Any]) -> None:
+        with (self.run_dir / name).open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+    def _status(self, state: str, **extra: Any) -> None:
+        status = {"state": state, "num_rounds": self.num_rounds,
+                  "seconds": round(time.time() - self.started, 2), **extra}
+        tmp = self.run_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(status))
+        tmp.replace(self.run_dir / "status.json")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]],
+                     fits: list[dict[str, Any]]) -> str:
+    """Markdown tables: utility per round, privacy per attacked update, client time per round."""
+    lines = ["## Utility (global model, test split)", "",
+             "| round | accuracy | macro-F1 | loss |", "|---:|---:|---:|---:|"]
+    for r in utility:
+        lines.append(f"| {r['round']} | {r.get('accuracy', math.nan):.4f} | "
+                     f"{r.get('macro_f1', math.nan):.4f} | {r['loss']:.4f} |")
+    lines += ["", "## Privacy (attacker's reconstructions vs. the attacked images)", ""]
+    if privacy:
+        lines += ["| round | client | images | PSNR (dB) | SSIM | LPIPS | label acc. | "
+                  "attack s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in privacy:
+            lines.append(
+                f"| {r['round']} | {r['client']} | {r['num_images']} | "
+                f"{r.get('psnr', math.nan):.2f} | {r.get('ssim', math.nan):.4f} | "
+                f"{r.get('lpips', math.nan):.4f} | {r.get('label_accuracy', math.nan):.2f} | "
+                f"{r['attack_seconds']:.1f} |")
+    else:
+        lines.append("(no update was attacked)")
+    if fits:
+        lines += ["", "## Client time (seconds per round, mean over clients)", "",
+                  "| round | mean fit s | max fit s |", "|---:|---:|---:|"]
+        by_round: dict[int, list[float]] = {}
+        for r in fits:
+            by_round.setdefault(r["round"], []).append(float(r.get("fit_seconds", math.nan)))
+        for rnd, secs in sorted(by_round.items()):
+            lines.append(f"| {rnd} | {sum(secs) / len(secs):.3f} | {max(secs):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_grid(path: Path, reconstructions: torch.Tensor, scores: Scores | None, *,
+              title: str) -> None:
+    """Originals (top row, when known) above their matched reconstructions (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if scores is not None:
+        top, bottom = scores.matched_truth, scores.matched_reconstructions
+        captions = [f"{p:.1f} dB / {s:.2f}" for p, s in zip(scores.per_pair["psnr"],
+                                                           scores.per_pair["ssim"])]
+    else:
+        top, bottom, captions = None, reconstructions, [""] * len(reconstructions)
+    n = bottom.shape[0]
+    rows = 2 if top is not None else 1
+    fig, axes = plt.subplots(rows, n, figsize=(1.6 * n + 0.4, 1.8 * rows + 0.4), squeeze=False)
+    for j in range(n):
+        if top is not None:
+            _show(axes[0][j], top[j])
+            axes[0][j].set_title("original" if j == 0 else "", fontsize=7)
+        _show(axes[rows - 1][j], bottom[j])
+        axes[rows - 1][j].set_title(captions[j], fontsize=7)
+    fig.suptitle(title + ("  (PSNR / SSIM)" if top is not None else ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _show(ax: Any, image: torch.Tensor) -> None:
+    img = image.detach().cpu().clamp(0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy())
+    ax.axis("off")
+
+
+def save_plots(folder: Path, utility: list[dict[str, Any]], privacy: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if utility:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        rounds = [r["round"] for r in utility]
+        for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            ax.plot(rounds, [r.get(key, math.nan) for r in utility], marker="o", label=label)
+        ax.set_xlabel("round")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title("global model on the test split")
+        fig.tight_layout()
+        fig.savefig(folder / "utility.png", dpi=120)
+        plt.close(fig)
+    scored = [r for r in privacy if "psnr" in r]
+    if scored:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+        for ax, key in zip(axes, ("psnr", "ssim", "lpips")):
+            for client in sorted({r["client"] for r in scored}):
+                rows = [r for r in scored if r["client"] == client]
+                ax.plot([r["round"] for r in rows], [r[key] for r in rows], marker="o",
+                        label=f"client {client}")
+            ax.set_xlabel("round")
+            ax.set_title(key.upper())
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "privacy.png", dpi=120)
+        plt.close(fig)

@@ -1,0 +1,98 @@
+"""FedAvg whose server is curious: it attacks individual updates before aggregating them.
+
+Aggregation is Flower's own FedAvg; this class only adds three things around it: the fit config
+every client needs (round, total rounds, the experiment config), the attack hook on each
+received update, and the run record (training metrics, attacks and their scores).
+"""
+
+from __future__ import annotations
+
+import logging
+from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from fl_shadow import flower_keys as keys
+from fl_shadow.report import RunRecorder
+from fl_shadow.scoring import Scorer
+from strategies.attack_hook import AttackHook
+
+log = logging.getLogger(__name__)
+
+
+class CuriousFedAvg(FedAvg):
+    """FedAvg plus a malicious-server hook.
+
+    Args:
+        experiment_yaml: the resolved experiment config, sent to clients each round.
+        num_rounds: total rounds (sent to clients: defenses schedule on it).
+        recorder: writes the results folder.
+        attack_hook: runs the attack on chosen updates; None for an honest server.
+        scorer: scores reconstructions against the audit record (simulation only).
+        **fedavg_kwargs: passed to :class:`flwr.server.strategy.FedAvg`.
+    """
+
+    def __init__(self, *, experiment_yaml: str, num_rounds: int, recorder: RunRecorder,
+                 attack_hook: AttackHook | None = None, scorer: Scorer | None = None,
+                 **fedavg_kwargs: object) -> None:
+        super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        self.experiment_yaml = experiment_yaml
+        self.num_rounds = num_rounds
+        self.recorder = recorder
+        self.attack_hook = attack_hook
+        self.scorer = scorer
+        self._sent: dict[int, Parameters] = {}
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self._sent = {server_round: parameters}
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        for _, ins in instructions:
+            ins.config.update({keys.SERVER_ROUND: server_round, keys.NUM_ROUNDS: self.num_rounds,
+                               keys.EXPERIMENT: self.experiment_yaml})
+        return instructions
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        try:
+            return self._attack_and_aggregate(server_round, results, failures)
+        except BaseException as exc:
+            self.recorder.fail(exc)
+            raise
+
+    def _attack_and_aggregate(self, server_round: int,
+                              results: list[tuple[ClientProxy, FitRes]],
+                              failures: list[tuple[ClientProxy, FitRes] | BaseException]
+                              ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        global_arrays = parameters_to_ndarrays(self._sent[server_round])
+        for _, res in sorted(results, key=lambda r: int(r[1].metrics.get(keys.PARTITION_ID, 0))):
+            client_id = int(res.metrics.get(keys.PARTITION_ID, -1))
+            self.recorder.log_fit(server_round, client_id, res.num_examples, res.metrics)
+            if self.attack_hook is not None and self.attack_hook.wants(server_round, client_id):
+                outcome = self.attack_hook.run(server_round, client_id, global_arrays,
+                                               parameters_to_ndarrays(res.parameters),
+                                               res.num_examples, res.metrics)
+                if outcome is not None:
+                    scores = (self.scorer.score(outcome.reconstruction, outcome.audit)
+                              if self.scorer is not None else None)
+                    self.recorder.log_attack(outcome, scores)
+        for failure in failures:
+            self.recorder.log_failure(server_round, failure)
+        return super().aggregate_fit(server_round, results, failures)
+
+    def evaluate(self, server_round: int,
+                 parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        try:
+            result = super().evaluate(server_round, parameters)
+        except BaseException as exc:
+            self.recorder.fail(exc)
+            raise
+        if result is not None:
+            loss, metrics = result
+            self.recorder.log_utility(server_round, loss, metrics)
+        if server_round == self.num_rounds:
+            self.recorder.finish()
+        return result
+
