@@ -48,8 +48,9 @@ def flwr_command(config_path: Path, overrides: list[str], run_dir: Path, *,
         f"{keys.RUN_CONFIG_PATH} = {_toml_string(str(config_path.resolve()))}\n"
         f"{keys.RUN_OVERRIDES} = {_toml_string('; '.join(overrides))}\n"
         f"{keys.RUN_DIR} = {_toml_string(str(run_dir.resolve()))}\n")
-    federation = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client} "
-                  f"client-resources-num-gpus={gpus_per_client}")
+    cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else cpus_per_client
+    federation = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus} "
+                  f"client-resources-num-gpus={float(gpus_per_client)}")
     return ["flwr", "run", str(APP_DIR), "--stream", "--run-config", str(run_config_file),
             "--federation-config", federation]
 

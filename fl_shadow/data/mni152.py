@@ -1,174 +1,323 @@
 """The offline default: labelled 2D brain-MRI slices from the MNI152 T1 template.
 
-Source: ``mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz`` (ICBM 2009a nonlinear symmetric
-T1 template, 1 mm, 197x233x189), which ships inside nilearn's wheel, so the default needs no
-download.
+Source: ``mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``, the ICBM 2009a nonlinear
+*symmetric* T1 template (skull-stripped, 1 mm isotropic, 197 x 233 x 189 voxels, RAS), which
+ships inside nilearn's wheel: the default needs no download. Everything below is deterministic
+and independent of the experiment seed (augmentations use a fixed construction seed), so all
+runs at one image size see the same images; the experiment seed varies partitions and training.
 
-Construction (deterministic; a fixed construction seed, independent of the experiment seed):
+Construction:
 
-1. Intensities scaled to [0, 1] by the 99.5th percentile; a brain mask at 15% of that.
-2. Every slice of the three planes whose brain area exceeds 5% of the slice is a *source slice*
-   (about 440 in all). Slices of a plane are cropped to that plane's common brain bounding box,
-   padded to a square, and resized to ``image_size``.
-3. Six classes, by plane and anatomical level: ``axial-inferior`` / ``axial-superior`` (below
-   or above the median axial level), ``coronal-posterior`` / ``coronal-anterior``, and
-   ``sagittal-medial`` / ``sagittal-lateral`` (distance from the midline below or above its
-   median). Left and right are not classes: the template is symmetric.
-4. Source slices are split before any augmentation, so copies of one slice never straddle
-   splits: every 10th source slice (position 0 mod 10) is **public** (disjoint data for
-   generative priors), positions 3 and 7 mod 10 are **test**, the rest **train**.
-5. Each source slice yields several images: the slice itself plus seeded variants (rotation
-   within +-12 degrees, scale 0.9-1.1, shift within +-6% of the side, gamma 0.8-1.25): 6 per
-   train slice, 2 per test slice, 3 per public slice — about 1,900 train, 180 test, 130 public.
+1. **Source slices.** Intensities are scaled to [0, 1]; the brain is the voxels above 0.1. From
+   each plane (sagittal = x, coronal = y, axial = z) every slice whose brain cross-section is at
+   least 10% of that plane's largest is a source slice. The template is exactly left/right
+   symmetric (sagittal slice ``x = +d`` equals ``x = -d``), so sagittal slices come from one
+   hemisphere only (the midline and the right hemisphere); mirrored duplicates would otherwise
+   straddle splits. About 70 sagittal, 172 coronal and 137 axial source slices result.
+2. **Classes** (six, by plane and anatomical level; the level boundary is the median level of
+   the plane's source slices, so each plane's two classes are about equally many slices):
 
-The built arrays are cached as ``mni152_<size>px_v1.npz`` (uint8) in the cache folder.
+   ===  ===================  ==========================================================
+   0    sagittal medial      distance from the midsagittal plane < ~35 mm
+   1    sagittal lateral     distance from the midsagittal plane >= ~35 mm
+   2    coronal posterior    MNI y < ~-16 mm (occipital, parietal, cerebellum)
+   3    coronal anterior     MNI y >= ~-16 mm (frontal, temporal poles)
+   4    axial inferior       MNI z < ~+8 mm (cerebellum, brainstem, temporal lobes)
+   5    axial superior       MNI z >= ~+8 mm (ventricles and above)
+   ===  ===================  ==========================================================
+
+   Left versus right is deliberately not a class: the template is symmetric.
+3. **Splits, by source slice.** Within each class the slices, in level order, are cut into
+   blocks of about 5 consecutive slices; 15% of the blocks go to **public**, ``test_fraction``
+   of the rest to **test**, the remainder to **train**, spread evenly over the levels. Where two
+   neighbouring blocks belong to different splits, one slice on either side of the boundary is
+   dropped, so any two slices of different splits lie at least 3 mm apart (neighbouring 1 mm
+   slices are near-duplicates). Splitting happens before augmentation: copies of one slice
+   never straddle splits.
+4. **Images.** Each plane is cropped to one square field of view around the union of its brain
+   masks (so the brain's size in the image still tells its level) and shown anterior or
+   superior up. Every source slice yields ``k`` images: the slice itself and ``k - 1`` seeded
+   variants (rotation within +-10 degrees, scale 0.92-1.08, shift within +-4% of the side),
+   warped at 1 mm, resized to ``image_size`` with antialiasing, then given a seeded intensity
+   gamma in 0.8-1.25. ``k`` is per class, the smallest giving every class at least 300 training
+   images. At the default ``test_fraction`` 0.2 this gives 1,902 train images (212 source
+   slices), 304 test (35) and 312 public (36).
+
+The built arrays (uint8, grayscale) are cached in ``<cache>/datasets/mni152-<hash>.npz``, keyed
+by the construction version, image size and test fraction. Each split also carries its
+source-slice ids (``plane * 1000 + voxel index along the plane's axis``), see
+:func:`load_arrays`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from fl_shadow.config import DataConfig
+from fl_shadow.data.base import DatasetSplits
+from fl_shadow.data.cache import dataset_cache_path, load_arrays as load_cached, save_arrays
+from fl_shadow.data.splits import SPLITS, assemble_splits
+from fl_shadow.data.transforms import quantize, resize_images
 from fl_shadow.errors import DataError
 
-log = logging.getLogger(__name__)
+__all__ = ["CLASS_NAMES", "PLANES", "TEMPLATE_FILE", "build_arrays", "load", "load_arrays",
+           "source_plane_and_index", "template_path"]
 
-CLASS_NAMES = ("axial-inferior", "axial-superior", "coronal-posterior", "coronal-anterior",
-               "sagittal-medial", "sagittal-lateral")
-CONSTRUCTION_SEED = 152
+logger = logging.getLogger(__name__)
+
+TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 VERSION = 1
-COPIES = {"train": 6, "test": 2, "public": 3}
-TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+PLANES = ("sagittal", "coronal", "axial")
+"""Plane names, indexed by the volume axis normal to the plane (x, y, z)."""
+CLASS_NAMES = ("sagittal medial", "sagittal lateral", "coronal posterior", "coronal anterior",
+               "axial inferior", "axial superior")
+"""Class ``2 * plane + (level >= plane median)``."""
+
+CONSTRUCTION_SEED = 152
+PUBLIC_FRACTION = 0.15
+BLOCK_SLICES = 5
+GUARD_SLICES = 2
+TRAIN_IMAGES_PER_CLASS = 300
+MIN_AREA_FRACTION = 0.10
+BRAIN_THRESHOLD = 0.1
+FOV_MARGIN = 1.05
+MAX_ROTATION_DEG = 10.0
+SCALE_RANGE = (0.92, 1.08)
+MAX_SHIFT = 0.04
+MAX_GAMMA = 1.25
+_SOURCE_STRIDE = 1000
+_CODES = {"train": 0, "test": 1, "public": 2}
+_GUARD = -1
 
 
 def template_path() -> Path:
-    try:
-        import nilearn
-    except ImportError as exc:  # pragma: no cover - nilearn is a dependency
-        raise DataError("data.dataset 'mni152' needs the nilearn package (pip install nilearn)") \
-            from exc
-    path = Path(nilearn.__file__).parent / "datasets" / "data" / TEMPLATE
+    """Path of the MNI152 T1 template inside the installed nilearn (nilearn is not imported).
+
+    Raises:
+        DataError: nilearn is not installed or its wheel lacks the template.
+    """
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.dataset 'mni152' needs the nilearn package, which ships the MNI152 "
+                        "template: pip install nilearn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / TEMPLATE_FILE
     if not path.is_file():
         raise DataError(f"{path}: MNI152 template not found in the installed nilearn")
     return path
 
 
-def load_volume() -> np.ndarray:
-    """The template as float32 in [0, 1], shape (197, 233, 189) = (x, y, z)."""
+def load(cfg: DataConfig, *, seed: int) -> DatasetSplits:
+    """The ``mni152`` dataset (registered loader; ``seed`` does not change the images).
+
+    Returns:
+        Splits with images ``(N, cfg.channels, cfg.image_size, cfg.image_size)`` in [0, 1] and
+        the six classes of :data:`CLASS_NAMES`.
+    """
+    del seed  # the construction seed is fixed; see the module docstring
+    arrays = load_arrays(cfg)
+    parts = {split: (arrays[f"{split}_images"][:, None], arrays[f"{split}_labels"])
+             for split in SPLITS}
+    return assemble_splits("mni152", parts, CLASS_NAMES, channels=cfg.channels)
+
+
+def load_arrays(cfg: DataConfig) -> dict[str, np.ndarray]:
+    """The built arrays, from the cache or built (and cached) now.
+
+    Returns:
+        For each split ``s`` in train/test/public: ``s_images`` uint8 ``(N, S, S)`` (grayscale,
+        ``S = cfg.image_size``), ``s_labels`` int64 ``(N,)``, ``s_sources`` int64 ``(N,)``
+        source-slice ids (see :func:`source_plane_and_index`) and ``s_variants`` int64 ``(N,)``
+        (0 = the unaugmented slice).
+    """
+    path = template_path()
+    params = {"version": VERSION, "image_size": cfg.image_size,
+              "test_fraction": round(cfg.test_fraction, 6), "template_bytes": path.stat().st_size}
+    cache = dataset_cache_path(cfg.cache_dir, "mni152", params)
+    arrays = load_cached(cache)
+    if arrays is not None and all(f"{s}_{k}" in arrays for s in SPLITS
+                                  for k in ("images", "labels", "sources", "variants")):
+        logger.debug("mni152: loaded %s", cache)
+        return arrays
+    start = time.perf_counter()
+    arrays = build_arrays(image_size=cfg.image_size, test_fraction=cfg.test_fraction,
+                          template=path)
+    logger.info("mni152: built %s images at %d px in %.1f s -> %s",
+                "/".join(str(len(arrays[f"{s}_labels"])) for s in SPLITS), cfg.image_size,
+                time.perf_counter() - start, cache)
+    save_arrays(cache, arrays)
+    return arrays
+
+
+def source_plane_and_index(source_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split source-slice ids into the plane (index into :data:`PLANES`) and voxel index."""
+    ids = np.asarray(source_ids)
+    return ids // _SOURCE_STRIDE, ids % _SOURCE_STRIDE
+
+
+def build_arrays(*, image_size: int, test_fraction: float,
+                 template: Path | None = None) -> dict[str, np.ndarray]:
+    """Build the dataset from the template (see the module docstring); no caching.
+
+    Args:
+        image_size: output side length in pixels.
+        test_fraction: share of the non-public source-slice blocks of each class held out.
+        template: template file; default :func:`template_path`.
+
+    Returns:
+        The arrays described in :func:`load_arrays`.
+    """
+    volume = _read_volume(template or template_path())
+    slices: list[np.ndarray] = []    # per plane: (S, L, L) float32 cropped slices
+    sources: list[np.ndarray] = []   # per plane: (S,) source ids
+    labels: list[np.ndarray] = []
+    codes: list[np.ndarray] = []     # split code per source slice, _GUARD = dropped
+    for axis in range(3):
+        plane_slices, positions, levels = _plane_sources(volume, axis)
+        high = levels >= np.median(levels)
+        plane_labels = 2 * axis + high.astype(np.int64)
+        plane_codes = _assign_splits(plane_labels, test_fraction)
+        slices.append(plane_slices)
+        sources.append(axis * _SOURCE_STRIDE + positions)
+        labels.append(plane_labels)
+        codes.append(plane_codes)
+    all_labels, all_codes = np.concatenate(labels), np.concatenate(codes)
+    all_sources = np.concatenate(sources)
+
+    copies = np.zeros(len(CLASS_NAMES), dtype=np.int64)
+    for c in range(len(CLASS_NAMES)):
+        n_train = int(np.sum((all_labels == c) & (all_codes == _CODES["train"])))
+        copies[c] = math.ceil(TRAIN_IMAGES_PER_CLASS / max(n_train, 1))
+
+    arrays: dict[str, np.ndarray] = {}
+    for split, code in _CODES.items():
+        images, lab, src, var = [], [], [], []
+        for plane_slices, plane_sources, plane_labels, plane_codes in zip(
+                slices, sources, labels, codes):
+            for i in np.flatnonzero(plane_codes == code):
+                k = int(copies[plane_labels[i]])
+                variants, gammas = _variants(plane_slices[i], int(plane_sources[i]), k)
+                small = resize_images(variants[:, None], image_size)[:, 0]
+                images.append(quantize(small ** gammas[:, None, None]))
+                lab += [plane_labels[i]] * k
+                src += [plane_sources[i]] * k
+                var += range(k)
+        arrays[f"{split}_images"] = np.concatenate(images) if images else \
+            np.zeros((0, image_size, image_size), np.uint8)
+        arrays[f"{split}_labels"] = np.asarray(lab, dtype=np.int64)
+        arrays[f"{split}_sources"] = np.asarray(src, dtype=np.int64)
+        arrays[f"{split}_variants"] = np.asarray(var, dtype=np.int64)
+    if any(len(arrays[f"{s}_labels"]) == 0 for s in SPLITS):
+        raise DataError(f"mni152: a split came out empty (test_fraction={test_fraction})")
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------
+# Internals
+# --------------------------------------------------------------------------------------------
+def _read_volume(path: Path) -> np.ndarray:
+    """The template as float32 in [0, 1], shape (197, 233, 189) = (x, y, z), RAS."""
     import nibabel
 
-    path = template_path()
     try:
         volume = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read the MNI152 template ({exc})") from None
-    return np.clip(volume / np.percentile(volume, 99.5), 0.0, 1.0)
+    except Exception as exc:  # nibabel raises many types for a damaged file
+        raise DataError(f"{path}: cannot read the MNI152 template ({type(exc).__name__})") \
+            from None
+    if volume.ndim != 3 or volume.max() <= 0:
+        raise DataError(f"{path}: expected a non-empty 3D volume, got shape {volume.shape}")
+    return volume / volume.max()
 
 
-def source_slices(volume: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """All source slices resized to ``image_size`` (S, H, W) in [0, 1] and their labels (S,)."""
-    mask = volume > 0.15
-    images: list[torch.Tensor] = []
-    labels: list[int] = []
-    for axis, (low_class, high_class) in enumerate(((4, 5), (2, 3), (0, 1))):
-        # axis 0 = x (sagittal), 1 = y (coronal), 2 = z (axial)
-        other = tuple(a for a in range(3) if a != axis)
-        area = mask.mean(axis=other)
-        kept = np.flatnonzero(area > 0.05)
-        plane_mask = mask.any(axis=axis)
-        rows, cols = np.flatnonzero(plane_mask.any(axis=1)), np.flatnonzero(plane_mask.any(axis=0))
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        if axis == 0:
-            midline = (volume.shape[0] - 1) / 2
-            level = np.abs(kept - midline)
-        else:
-            level = kept.astype(float)
-        threshold = np.median(level)
-        planes = np.moveaxis(volume, axis, 0)[kept, r0:r1, c0:c1]
-        planes = np.rot90(planes, axes=(1, 2))  # anatomical "up" on top for display
-        images.append(_square(torch.from_numpy(planes.copy()), image_size))
-        labels += [high_class if lv > threshold else low_class for lv in level]
-    return torch.cat(images).numpy(), np.asarray(labels, dtype=np.int64)
+def _plane_sources(volume: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source slices of one plane, cropped to the plane's square field of view.
+
+    Returns:
+        slices ``(S, L, L)`` float32 in [0, 1] (display orientation), voxel positions ``(S,)``
+        along ``axis`` and levels ``(S,)`` (distance from the midline for sagittal slices).
+    """
+    stack = np.moveaxis(volume, axis, 0)
+    start = (volume.shape[0] - 1) // 2 if axis == 0 else 0  # one hemisphere: x == -x
+    area = (stack[start:] > BRAIN_THRESHOLD).sum(axis=(1, 2))
+    positions = start + np.flatnonzero(area >= MIN_AREA_FRACTION * area.max())
+    planes = np.rot90(stack[positions], axes=(1, 2))  # (S, rows, cols): anterior/superior up
+    brain = (planes > BRAIN_THRESHOLD).any(axis=0)
+    rows, cols = np.flatnonzero(brain.any(axis=1)), np.flatnonzero(brain.any(axis=0))
+    side = int(math.ceil(FOV_MARGIN * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)))
+    top = (rows[0] + rows[-1] + 1 - side) // 2
+    left = (cols[0] + cols[-1] + 1 - side) // 2
+    padded = np.pad(planes, ((0, 0), (side, side), (side, side)))
+    crop = padded[:, side + top:2 * side + top, side + left:2 * side + left]
+    levels = positions - start if axis == 0 else positions
+    return np.ascontiguousarray(crop, dtype=np.float32), positions.astype(np.int64), \
+        levels.astype(np.float64)
 
 
-def _square(planes: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero-pad (S, h, w) planes to squares and resize them to (S, size, size)."""
-    n, h, w = planes.shape
-    side = max(h, w)
-    padded = torch.zeros(n, 1, side, side)
-    top, left = (side - h) // 2, (side - w) // 2
-    padded[:, 0, top:top + h, left:left + w] = planes
-    out = F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False,
-                        antialias=side > size)
-    return out[:, 0].clamp(0, 1)
+def _assign_splits(labels: np.ndarray, test_fraction: float) -> np.ndarray:
+    """Split code per source slice of one plane (slices in level order, classes contiguous)."""
+    codes = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if np.any(np.diff(members) != 1):
+            raise DataError("mni152: a class is not a contiguous range of levels")
+        blocks = np.array_split(members, max(3, round(len(members) / BLOCK_SLICES)))
+        for block, code in zip(blocks, _block_codes(len(blocks), test_fraction)):
+            codes[block] = code
+    guarded = codes.copy()
+    left_drop, right_drop = GUARD_SLICES - GUARD_SLICES // 2, GUARD_SLICES // 2
+    for i in np.flatnonzero(codes[1:] != codes[:-1]):  # boundary between slices i and i + 1
+        guarded[max(i + 1 - left_drop, 0):i + 1] = _GUARD
+        guarded[i + 1:i + 1 + right_drop] = _GUARD
+    return guarded
 
 
-def augment(images: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
-    """``copies`` images per input (S, H, W): the original, then seeded random variants."""
-    variants = [images]
-    n = images.shape[0]
-    for _ in range(copies - 1):
-        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(12)
-        scale = 0.9 + torch.rand(n, generator=generator) * 0.2
-        shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.12
-        gamma = torch.exp((torch.rand(n, generator=generator) * 2 - 1) * math.log(1.25))
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                             torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta, [n, 1, *images.shape[1:]], align_corners=False)
-        warped = F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)[:, 0]
-        variants.append(warped.clamp(0, 1) ** gamma.view(-1, 1, 1))
-    # interleave so that copies of one slice are adjacent: (S, copies, H, W) -> (S*copies, H, W)
-    return torch.stack(variants, dim=1).reshape(-1, *images.shape[1:])
+def _block_codes(num_blocks: int, test_fraction: float) -> list[int]:
+    """Split codes of ``num_blocks`` consecutive blocks, each split spread evenly over them."""
+    n_public = max(1, round(PUBLIC_FRACTION * num_blocks))
+    n_test = max(1, round(test_fraction * (num_blocks - n_public)))
+    if n_public + n_test > num_blocks - 1:
+        n_test = max(1, num_blocks - 1 - n_public)
+        warnings.warn(f"data.test_fraction={test_fraction} leaves too few mni152 training "
+                      f"slices; using {n_test} of {num_blocks} blocks per class for test",
+                      stacklevel=2)
+    n_train = num_blocks - n_public - n_test
+    # ideal centres: train (j+.5)/k, public (j+.25)/k, test (j+.75)/k, so the held-out blocks
+    # of a class sit at different levels rather than side by side
+    centres = [((j + 0.5) / n_train, _CODES["train"]) for j in range(n_train)]
+    centres += [((j + 0.25) / n_public, _CODES["public"]) for j in range(n_public)]
+    centres += [((j + 0.75) / n_test, _CODES["test"]) for j in range(n_test)]
+    return [code for _, code in sorted(centres)]
 
 
-def split_of(position: int) -> str:
-    r = position % 10
-    if r == 0:
-        return "public"
-    if r in (3, 7):
-        return "test"
-    return "train"
+def _variants(image: np.ndarray, source_id: int, copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """``copies`` warped copies of one ``(L, L)`` slice (the first unchanged) and their gammas.
 
+    Returns:
+        ``(copies, L, L)`` float32 in [0, 1] and ``(copies,)`` float32 gamma exponents (applied
+        by the caller after resizing, which is cheaper at the output size).
+    """
+    import cv2
 
-def build(image_size: int) -> dict[str, np.ndarray]:
-    """Build the dataset arrays (uint8 images, int64 labels, source-slice ids) per split."""
-    start = time.perf_counter()
-    volume = load_volume()
-    slices, labels = source_slices(volume, image_size)
-    generator = torch.Generator().manual_seed(CONSTRUCTION_SEED)
-    arrays: dict[str, np.ndarray] = {}
-    splits = np.array([split_of(i) for i in range(len(labels))])
-    for split, copies in COPIES.items():
-        chosen = np.flatnonzero(splits == split)
-        images = augment(torch.from_numpy(slices[chosen]), copies, generator)
-        arrays[f"{split}_images"] = (images.numpy() * 255).round().astype(np.uint8)
-        arrays[f"{split}_labels"] = np.repeat(labels[chosen], copies)
-        arrays[f"{split}_sources"] = np.repeat(chosen, copies)
-    log.info("built the MNI152 slice dataset at %d px in %.1fs", image_size,
-             time.perf_counter() - start)
-    return arrays
-
-
-def load_arrays(image_size: int, cache_dir: Path) -> dict[str, np.ndarray]:
-    """Cached :func:`build`: the first call builds and saves, later calls read the npz."""
-    path = cache_dir / f"mni152_{image_size}px_v{VERSION}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                return {k: f[k] for k in f.files}
-        except Exception:
-            log.warning("%s: unreadable cache, rebuilding", path)
-    arrays = build(image_size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
-    return arrays
+    side = image.shape[0]
+    out = np.empty((copies, side, side), dtype=np.float32)
+    gammas = np.ones(copies, dtype=np.float32)
+    out[0] = image
+    for v in range(1, copies):
+        rng = np.random.default_rng([CONSTRUCTION_SEED, source_id, v])
+        angle = rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG)
+        scale = rng.uniform(*SCALE_RANGE)
+        shift = rng.uniform(-MAX_SHIFT, MAX_SHIFT, size=2) * side
+        gammas[v] = math.exp(rng.uniform(-math.log(MAX_GAMMA), math.log(MAX_GAMMA)))
+        centre = ((side - 1) / 2.0, (side - 1) / 2.0)
+        matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+        matrix[:, 2] += shift
+        warped = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        out[v] = np.clip(warped, 0.0, 1.0)
+    return out, gammas
