@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from fl_shadow.registry import Registry
+from fl_shadow.registry import ComponentSpec, Registry, register_component, resolve_component
 from fl_shadow.training import LocalTraining
 
 
@@ -108,15 +108,8 @@ class Attack(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    """A registered attack: its class and the dataclass that validates ``attack.params``."""
-
-    factory: Callable[..., Attack]
-    params_type: type
-
-
-ATTACKS: Registry[AttackSpec] = Registry("attack", config_key="attack.name")
+AttackSpec = ComponentSpec
+ATTACKS: Registry[ComponentSpec[Attack]] = Registry("attack", config_key="attack.name")
 
 
 def register_attack(name: str, params_type: type) -> Callable[[type], type]:
@@ -124,20 +117,11 @@ def register_attack(name: str, params_type: type) -> Callable[[type], type]:
 
     The class is constructed as ``cls(params, device=device, seed=seed)``.
     """
-
-    def decorator(cls: type) -> type:
-        cls.name = name  # type: ignore[attr-defined]
-        ATTACKS.register(name)(AttackSpec(factory=cls, params_type=params_type))
-        return cls
-
-    return decorator
+    return register_component(ATTACKS, name, params_type)
 
 
 def build_attack(name: str, params: Mapping[str, Any] | None, *, device: torch.device,
                  seed: int) -> Attack:
     """Validate ``params`` with the attack's params dataclass and construct the attack."""
-    from fl_shadow.config import build_params
-
-    spec = ATTACKS.get(name)
-    validated = build_params(spec.params_type, params, "attack.params")
+    spec, validated = resolve_component(ATTACKS, name, params, "attack.params")
     return spec.factory(validated, device=device, seed=seed)

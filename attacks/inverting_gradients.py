@@ -67,9 +67,9 @@ class InvertingGradientsParams:
         progress: show a tqdm bar per restart.
     """
 
-    iterations: int = 400
+    iterations: int = 500
     lr: float = 0.1
-    tv_weight: float = 1e-2
+    tv_weight: float = 3e-2
     restarts: int = 1
     cost: Literal["cosine", "l2"] = "cosine"
     layer_weighting: Literal["equal", "linear", "exp"] = "equal"

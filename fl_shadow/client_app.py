@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import yaml
@@ -53,8 +54,6 @@ def load_local_data(config: ExperimentConfig, node_config: Mapping[str, object])
     if keys.NODE_DATA_PATH not in node_config:
         raise ConfigError("node config: expected 'data-path' (deployment) or 'partition-id' "
                           "(simulation)")
-    from dataclasses import replace
-
     data_cfg = replace(config.data, path=str(node_config[keys.NODE_DATA_PATH]))
     splits = load_dataset(data_cfg, seed=config.seed)
     client_id = int(node_config.get("client-id", 0))

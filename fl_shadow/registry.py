@@ -7,8 +7,9 @@ fix rather than a hunt through the source.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from fl_shadow.errors import ConfigError
 
@@ -57,3 +58,36 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._entries))
+
+
+@dataclass(frozen=True)
+class ComponentSpec(Generic[T]):
+    """A registered configurable component: its class and the dataclass of its ``params``."""
+
+    factory: Callable[..., T]
+    params_type: type
+
+
+def register_component(registry: Registry[ComponentSpec[Any]], name: str,
+                       params_type: type) -> Callable[[type], type]:
+    """Class decorator: register ``cls`` under ``name`` with its params dataclass.
+
+    Sets ``cls.name`` so every instance knows the name it was configured by.
+    """
+
+    def decorator(cls: type) -> type:
+        cls.name = name  # type: ignore[attr-defined]
+        registry.register(name)(ComponentSpec(factory=cls, params_type=params_type))
+        return cls
+
+    return decorator
+
+
+def resolve_component(registry: Registry[ComponentSpec[Any]], name: str,
+                      params: Mapping[str, Any] | None,
+                      params_key: str) -> tuple[ComponentSpec[Any], Any]:
+    """Look ``name`` up and validate ``params`` with its dataclass (errors name ``params_key``)."""
+    from fl_shadow.config import build_params
+
+    spec = registry.get(name)
+    return spec, build_params(spec.params_type, params, params_key)

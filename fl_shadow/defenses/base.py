@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fl_shadow.registry import Registry
+from fl_shadow.registry import ComponentSpec, Registry, register_component, resolve_component
 
 
 @dataclass
@@ -96,31 +96,16 @@ class Defense:
         return self.name
 
 
-@dataclass(frozen=True)
-class DefenseSpec:
-    """A registered defense: its class and the dataclass that validates ``defense.params``."""
-
-    factory: Callable[..., Defense]
-    params_type: type
-
-
-DEFENSES: Registry[DefenseSpec] = Registry("defense", config_key="defense.name")
+DefenseSpec = ComponentSpec
+DEFENSES: Registry[ComponentSpec[Defense]] = Registry("defense", config_key="defense.name")
 
 
 def register_defense(name: str, params_type: type) -> Callable[[type], type]:
     """Class decorator; the class is constructed as ``cls(params)``."""
-
-    def decorator(cls: type) -> type:
-        cls.name = name  # type: ignore[attr-defined]
-        DEFENSES.register(name)(DefenseSpec(factory=cls, params_type=params_type))
-        return cls
-
-    return decorator
+    return register_component(DEFENSES, name, params_type)
 
 
 def build_defense(name: str, params: Mapping[str, Any] | None) -> Defense:
     """Validate ``params`` with the defense's params dataclass and construct the defense."""
-    from fl_shadow.config import build_params
-
-    spec = DEFENSES.get(name)
-    return spec.factory(build_params(spec.params_type, params, "defense.params"))
+    spec, validated = resolve_component(DEFENSES, name, params, "defense.params")
+    return spec.factory(validated)
