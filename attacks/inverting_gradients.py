@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -275,8 +276,12 @@ class InvertingGradients:
         milestones = lr_milestones(p.iterations) if p.lr_schedule == "multistep" else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones,
                                                          gamma=0.1)
-        bar = tqdm(range(p.iterations), desc=desc, disable=not p.progress, leave=False)
-        for _ in bar:
+        # A live bar on a terminal; in logs (Flower's server, CI) one line per tenth instead,
+        # since a streamed log turns every bar refresh into text.
+        live = p.progress and sys.stderr.isatty()
+        log_every = max(1, p.iterations // 10) if p.progress and not live else 0
+        bar = tqdm(range(p.iterations), desc=desc, disable=not live, leave=False)
+        for it in bar:
             cost = self._cost(replay(x, labels, create_graph=True), target, weights)
             objective = cost + p.tv_weight * total_variation(x) if p.tv_weight else cost
             if not torch.isfinite(objective):
@@ -290,8 +295,11 @@ class InvertingGradients:
             if p.boxed:
                 with torch.no_grad():
                     x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-            if p.progress:
-                bar.set_postfix(cost=f"{float(cost):.4f}", refresh=False)
+            if live:
+                bar.set_postfix(cost=f"{float(cost.detach()):.4f}", refresh=False)
+            elif log_every and (it + 1) % log_every == 0:
+                logger.info("%s: iteration %d/%d, matching cost %.4f", desc, it + 1,
+                            p.iterations, float(cost.detach()))
         bar.close()
         return x.detach()
 

@@ -27,6 +27,7 @@ from fl_shadow import flower_keys as keys
 from fl_shadow.config import ExperimentConfig, load_config_dict
 from fl_shadow.data import client_dataset, load_dataset
 from fl_shadow.errors import ConfigError
+from fl_shadow.logs import route_to_flower
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class _ExperimentClient(NumPyClient):
 
 
 def client_fn(context: Context) -> Client:
+    route_to_flower()
     return _ExperimentClient(context).to_client()
 
 

@@ -24,6 +24,7 @@ from fl_shadow import metrics
 from fl_shadow.config import ExperimentConfig, load_config, parse_overrides
 from fl_shadow.data import DatasetSplits, load_dataset
 from fl_shadow.errors import ConfigError
+from fl_shadow.logs import route_to_flower
 from fl_shadow.models import build_model
 from fl_shadow.report import RunRecorder, new_run_dir
 from fl_shadow.scoring import Scorer
@@ -114,6 +115,7 @@ def build_strategy(config: ExperimentConfig, run_dir: Path) -> CuriousFedAvg:
 
 
 def server_fn(context: Context) -> ServerAppComponents:
+    route_to_flower()
     try:
         config = config_from_run_config(dict(context.run_config))
     except ConfigError as exc:
