@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else APP_DIR / "experiments/configs/default.yaml"
     config = load_config(config_path, args.set)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config.output_dir, config.name)
-    env = {**os.environ, **QUIET_ENV}
+    # `flwr` and the `flower-superlink` it starts live next to this interpreter; make them
+    # findable when the environment is not activated (e.g. `.venv/bin/fl-shadow run`).
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, **QUIET_ENV,
+           "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
         cmd = flwr_command(config_path, args.set, run_dir,
                            num_clients=config.partition.num_clients,
