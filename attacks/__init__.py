@@ -18,13 +18,20 @@ from attacks.base import (
     build_attack,
     register_attack,
 )
-from attacks.inverting_gradients import InvertingGradients, InvertingGradientsParams
+from attacks.inverting_gradients import (
+    InvertingGradients,
+    InvertingGradientsParams,
+    label_placements,
+    lr_milestones,
+)
 from attacks.label_recovery import (
     recover_label_idlg,
     recover_labels,
     recover_labels_bias_corrected,
     recover_labels_from_update,
+    recover_labels_support,
     recover_labels_yin,
+    remove_weight_decay,
 )
 from attacks.objectives import cosine_cost, l2_cost, layer_weights, total_variation
 from attacks.replay import UpdateReplay, simulate_update, step_slots
@@ -32,7 +39,8 @@ from attacks.replay import UpdateReplay, simulate_update, step_slots
 __all__ = [
     "ATTACKS", "Attack", "AttackSpec", "InvertingGradients", "InvertingGradientsParams",
     "Observation", "Prior", "Reconstruction", "UpdateReplay", "build_attack", "cosine_cost",
-    "l2_cost", "layer_weights", "recover_label_idlg", "recover_labels",
-    "recover_labels_bias_corrected", "recover_labels_from_update", "recover_labels_yin",
-    "register_attack", "simulate_update", "step_slots", "total_variation",
+    "l2_cost", "label_placements", "layer_weights", "lr_milestones", "recover_label_idlg",
+    "recover_labels", "recover_labels_bias_corrected", "recover_labels_from_update",
+    "recover_labels_support", "recover_labels_yin", "register_attack", "remove_weight_decay",
+    "simulate_update", "step_slots", "total_variation",
 ]

@@ -21,10 +21,12 @@ Defaults are sized for CPU runs (hundreds of iterations, not the paper's 24,000)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,15 +50,19 @@ class InvertingGradientsParams:
     grayscale images (see the module's tests and the attack notes in the project report).
 
     Attributes:
-        iterations: optimisation steps per restart (paper: 24,000; here 500: ~10 s at batch 1,
-            ~15 s at batch 4 on an idle 2-core CPU; mean PSNR ~23 dB at both).
+        iterations: optimisation steps per restart (paper: 24,000). 500 here: ~7 s at batch 1
+            (13-18 ms/iteration) and ~12 s at batch 4 (~25 ms/iteration) on an idle 2-core
+            CPU; mean PSNR/SSIM 23.2 dB/0.84 (6 images, batch 1) and 23.7 dB/0.85 (2 batches of
+            4), single gradient, labels recovered, untrained model. ResNet-18 at 32 px:
+            ~0.3 s/iteration.
         lr: Adam learning rate on the (signed) image gradient, in normalized pixel units.
         tv_weight: weight of the total-variation prior (IG-style mean absolute differences,
             in normalized units); 3e-2 was best of 1e-3..1 at 300-800 iterations.
         restarts: independent random initialisations; the lowest matching cost wins. With
-            recovered labels on a multi-step update whose steps see different images, every
-            restart after the first also draws a random assignment of the recovered labels to
-            slots (a summed update does not say which label was in which step).
+            recovered labels on a multi-step update whose steps see different images, restart
+            ``r`` also tries the ``r``-th distinct placement of the labels into the steps (a
+            summed update does not say which label was in which step; see
+            :func:`label_placements`).
         cost: ``cosine`` (the paper's global cosine distance) or ``l2`` (squared distance, needs
             the client's exact lr to be meaningful).
         layer_weighting: per-layer weights of the cost: ``equal``, ``linear`` or ``exp``.
@@ -71,7 +77,8 @@ class InvertingGradientsParams:
         require_labels: fail with ThreatModelError unless the observation carries labels.
         max_images: refuse observations behind more images than this (the cost grows linearly
             and quality collapses; the run would take hours).
-        progress: show a tqdm bar per restart.
+        progress: report progress: a tqdm bar per restart on a terminal, otherwise a log line
+            every tenth of the iterations. A log line per restart is always written.
     """
 
     iterations: int = 500
@@ -189,17 +196,17 @@ class InvertingGradients:
         shape = (num_images, *prior.image_shape)
         generator = torch.Generator().manual_seed(self.seed)
 
-        shuffle_labels = recovered and _steps_see_different_slots(replay)
+        # A summed update does not say which recovered label sat in which step: restarts try
+        # distinct placements (restart 0: sorted labels in step order).
+        placements = (label_placements(labels, replay.slots, p.restarts, generator)
+                      if recovered else [labels])
         best_x, best_labels = None, labels
         best_score = math.inf
         scores: list[float] = []
         for restart in range(p.restarts):
             t0 = time.perf_counter()
             x0 = self._init(shape, lower, upper, generator)
-            trial_labels = labels
-            if shuffle_labels and restart > 0:
-                trial_labels = labels[torch.randperm(num_images, generator=generator)
-                                      .to(self.device)]
+            trial_labels = placements[restart % len(placements)]
             x = self._optimise(x0, trial_labels, replay, target, weights, lower, upper,
                                desc=f"IG restart {restart + 1}/{p.restarts}")
             score = self._score(x, trial_labels, replay, target, weights)
@@ -311,10 +318,65 @@ class InvertingGradients:
         return score if math.isfinite(score) else math.inf
 
 
-def _steps_see_different_slots(replay: UpdateReplay) -> bool:
-    """True when local steps use different slot groups (so labels' step placement matters)."""
-    groups = {tuple(sorted(s.tolist())) for s in replay.slots}
-    return len(groups) > 1
+def label_placements(labels: torch.Tensor, slots: list[torch.Tensor], limit: int,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """Up to ``limit`` distinct ways to seat a label multiset in the replay's slots.
+
+    Only which labels share a step matters (slots within a step are exchangeable), so the
+    placements are enumerated per step group: the first puts the sorted labels in step order,
+    the next ones follow in lexicographic order of the groups' contents. When the steps' slot
+    groups do not partition the slots (a batch larger than the candidate set), random
+    permutations are drawn instead.
+
+    Args:
+        labels: ``(K,)`` recovered labels.
+        slots: slot indices per step (:attr:`attacks.replay.UpdateReplay.slots`).
+        limit: how many placements at most (>= 1).
+        generator: for the random fallback.
+
+    Returns:
+        1 to ``limit`` tensors ``(K,)``, all distinct up to reordering within a step.
+
+    Example:
+        >>> slots = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+        >>> [p.tolist() for p in label_placements(torch.tensor([5, 1, 3, 3]), slots, 9,
+        ...                                       torch.Generator())]
+        [[1, 3, 3, 5], [1, 5, 3, 3], [3, 3, 1, 5], [3, 5, 1, 3]]
+    """
+    groups: list[list[int]] = []
+    for step in slots:
+        group = sorted(step.tolist())
+        if group not in groups:
+            groups.append(group)
+    num = len(labels)
+    values = sorted(labels.tolist())
+    if sorted(i for g in groups for i in g) != list(range(num)):
+        out = [torch.tensor(values, dtype=torch.long, device=labels.device)]
+        out += [out[0][torch.randperm(num, generator=generator).to(labels.device)]
+                for _ in range(limit - 1)]
+        return out
+
+    def place(remaining: list[int], index: int) -> Iterator[list[tuple[int, ...]]]:
+        if index == len(groups):
+            yield []
+            return
+        seen: set[tuple[int, ...]] = set()
+        for combo in itertools.combinations(range(len(remaining)), len(groups[index])):
+            chosen = tuple(remaining[i] for i in combo)
+            if chosen in seen:
+                continue
+            seen.add(chosen)
+            rest = [v for i, v in enumerate(remaining) if i not in combo]
+            for tail in place(rest, index + 1):
+                yield [chosen, *tail]
+
+    placements = []
+    for parts in itertools.islice(place(values, 0), limit):
+        seated = torch.empty(num, dtype=torch.long)
+        for group, chosen in zip(groups, parts, strict=True):
+            seated[group] = torch.tensor(chosen, dtype=torch.long)
+        placements.append(seated.to(labels.device))
+    return placements
 
 
-__all__ = ["InvertingGradients", "InvertingGradientsParams", "lr_milestones"]
+__all__ = ["InvertingGradients", "InvertingGradientsParams", "label_placements", "lr_milestones"]

@@ -81,7 +81,8 @@ def recover_labels_bias_corrected(fc_bias_grad: torch.Tensor, num_images: int) -
         [0, 0, 2]
     """
     if fc_bias_grad.dim() != 1:
-        raise ValueError(f"fc_bias_grad must be 1-D (num_classes,), got {tuple(fc_bias_grad.shape)}")
+        raise ValueError("fc_bias_grad must be 1-D (num_classes,), got "
+                         f"{tuple(fc_bias_grad.shape)}")
     _check_count(num_images)
     bias = fc_bias_grad.detach().double().clone()
     present = torch.nonzero(bias < 0).flatten()

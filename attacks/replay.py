@@ -130,7 +130,6 @@ class UpdateReplay:
             raise ValueError(f"expected {self.num_images} candidate images, got {x.shape[0]}")
         if labels.shape[0] != self.num_images:
             raise ValueError(f"expected {self.num_images} labels, got {labels.shape[0]}")
-        plan = self.plan
         params = {n: t.clone().requires_grad_(True) for n, t in self._initial.items()}
         # Fresh buffer copies: BatchNorm updates them in place in train mode.
         constants = {n: t.clone() for n, t in self._constants.items()}

