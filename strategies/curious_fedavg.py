@@ -67,7 +67,10 @@ class CuriousFedAvg(FedAvg):
                               failures: list[tuple[ClientProxy, FitRes] | BaseException]
                               ) -> tuple[Parameters | None, dict[str, Scalar]]:
         global_arrays = parameters_to_ndarrays(self._sent[server_round])
-        for _, res in sorted(results, key=lambda r: int(r[1].metrics.get(keys.PARTITION_ID, 0))):
+        # Replies arrive in whatever order the clients finish; aggregating in a fixed order keeps
+        # floating-point sums, and so whole runs, reproducible under a seed.
+        results = sorted(results, key=lambda r: int(r[1].metrics.get(keys.PARTITION_ID, 0)))
+        for _, res in results:
             client_id = int(res.metrics.get(keys.PARTITION_ID, -1))
             self.recorder.log_fit(server_round, client_id, res.num_examples, res.metrics)
             if self.attack_hook is not None and self.attack_hook.wants(server_round, client_id):

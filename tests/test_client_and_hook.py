@@ -189,3 +189,26 @@ def test_labels_given_without_audit_is_a_threat_model_error() -> None:
                       device=torch.device("cpu"))
     with pytest.raises(ThreatModelError, match="attack.labels is 'given'"):
         hook.run(1, 1, arrays, sent, n, metrics)
+
+
+def test_aggregation_does_not_depend_on_reply_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from fl_shadow.report import RunRecorder
+    from strategies.curious_fedavg import CuriousFedAvg
+
+    rng = np.random.default_rng(0)
+    global_arrays = [rng.standard_normal(50).astype(np.float32)]
+    replies = []
+    for cid in range(5):
+        arrays = [global_arrays[0] + rng.standard_normal(50).astype(np.float32) * 1e3]
+        replies.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays),
+                                     int(rng.integers(1, 100)), {keys.PARTITION_ID: cid})))
+    outputs = []
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1]):
+        strategy = CuriousFedAvg(experiment_yaml="", num_rounds=1,
+                                 recorder=RunRecorder(tmp_path / str(order[0]), "", 1))
+        strategy._sent = {1: ndarrays_to_parameters(global_arrays)}
+        params, _ = strategy.aggregate_fit(1, [replies[i] for i in order], [])
+        outputs.append(parameters_to_ndarrays(params)[0])
+    assert np.array_equal(outputs[0], outputs[1])
