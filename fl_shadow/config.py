@@ -323,7 +323,7 @@ def load_config_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted ``key=value`` overrides applied."""
-    result: dict[str, Any] = _deep_copy(raw)
+    result: dict[str, Any] = _to_plain(raw)
     for item in overrides:
         item = item.strip()
         if not item:
@@ -474,6 +474,3 @@ def _to_plain(value: Any) -> Any:
         return [_to_plain(v) for v in value]
     return value
 
-
-def _deep_copy(value: Any) -> Any:
-    return _to_plain(value)

@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRIVACY_COLUMNS = ("psnr", "ssim", "lpips", "label_accuracy")
-
-
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
     """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
     base = Path(output_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -162,10 +162,6 @@ def evaluate_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return total / max(count, 1)
 
 
-def steps_per_round(num_examples: int, plan: LocalTraining) -> int:
-    return len(plan.step_batch_sizes(num_examples)) if num_examples else 0
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if name == "auto":
@@ -176,4 +172,4 @@ def resolve_device(name: str) -> torch.device:
 
 
 __all__ = ["LocalTraining", "LocalResult", "batch_indices", "train_locally", "predict",
-           "evaluate_loss", "make_optimizer", "resolve_device", "steps_per_round"]
+           "evaluate_loss", "make_optimizer", "resolve_device"]

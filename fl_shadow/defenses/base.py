@@ -96,7 +96,6 @@ class Defense:
         return self.name
 
 
-DefenseSpec = ComponentSpec
 DEFENSES: Registry[ComponentSpec[Defense]] = Registry("defense", config_key="defense.name")
 
 
