@@ -126,7 +126,7 @@ class DefendedClient(NumPyClient):
         torch.manual_seed(seed)
         ctx = DefenseContext(server_round=server_round, num_rounds=num_rounds,
                              client_id=self.client_id, device=self.device, generator=generator,
-                             mean=self.data.mean, std=self.data.std)
+                             mean=self.data.mean, std=self.data.std, experiment=self.config)
 
         defense = build_defense(self.config.defense.name, self.config.defense.params)
         self._load_defense_state(defense)

@@ -3,7 +3,9 @@
 Both take normalized images ``(N, C, H, W)`` with C in {1, 3} and return class logits
 ``(N, num_classes)``. Both end in a single ``nn.Linear`` called ``fc`` whose input is the
 flattened feature vector, because label recovery (iDLG), Soteria and Grad-CAM++ all need to find
-"the last layer" and "the last conv block" without guessing.
+"the last layer" and "the last conv block" without guessing. Both also split as
+``forward_head(forward_features(x)) == forward(x)`` at the last conv block, so saliency and
+representation-based defenses can run the head alone.
 """
 
 from __future__ import annotations
@@ -58,7 +60,15 @@ class ConvNet(nn.Module):
         self.fc = nn.Linear(4 * w * side * side, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.features(x), 1))
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv block's output (what :meth:`cam_layer` produces)."""
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`forward_features`' output."""
+        return self.fc(torch.flatten(features, 1))
 
     def cam_layer(self) -> nn.Module:
         """The last conv block, for Grad-CAM++."""
@@ -89,7 +99,18 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last residual block's output (what :meth:`cam_layer` produces)."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`forward_features`' output."""
+        return self.net.fc(torch.flatten(self.net.avgpool(features), 1))
+
     def cam_layer(self) -> nn.Module:
+        """The last residual block, for Grad-CAM++."""
         return self.net.layer4
 
 

@@ -120,7 +120,7 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     batches = batch_indices(len(labels), plan, generator)
     losses = []
     for step, idx in enumerate(batches):
-        ctx.step = step
+        ctx.step, ctx.batch_index = step, idx
         x, y = images[idx.to(images.device)], labels[idx.to(labels.device)]
         x = defense.perturb_batch(x, y, model, ctx)
         model.train()

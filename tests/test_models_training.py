@@ -75,3 +75,17 @@ def test_train_locally_runs_the_defense_hooks_on_every_step() -> None:
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), before[name]), name
     assert not torch.equal(after["features.1.running_mean"], before["features.1.running_mean"])
+
+
+@pytest.mark.parametrize("name,size", [("convnet", 32), ("resnet18", 32), ("resnet18", 64)])
+def test_feature_head_split_reproduces_forward(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, num_classes=6, image_size=size).eval()
+    x = torch.randn(2, 1, size, size)
+    features = model.forward_features(x)
+    torch.testing.assert_close(model.forward_head(features), model(x))
+    captured = []
+    handle = model.cam_layer().register_forward_hook(lambda m, i, o: captured.append(o))
+    model(x)
+    handle.remove()
+    torch.testing.assert_close(captured[0], features)

@@ -39,6 +39,10 @@ class DefenseContext:
         device: where tensors live.
         generator: the client's private random generator (noise, keys); never leaves it.
         step: local step index within the round (set by the training loop).
+        batch_index: local indices (into the images given to ``setup``) of the current step's
+            batch (set by the training loop), for defenses that keep per-image state.
+        experiment: the whole experiment config, for defenses that need shared resources
+            (e.g. the shadow defense's pretrained generator); None in unit tests.
         mean, std: the input normalization (inputs to the hooks are normalized).
     """
 
@@ -48,6 +52,8 @@ class DefenseContext:
     device: torch.device
     generator: torch.Generator
     step: int = 0
+    batch_index: torch.Tensor | None = None
+    experiment: Any = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     metrics: dict[str, float] = field(default_factory=dict)
