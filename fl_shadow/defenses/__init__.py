@@ -1,6 +1,7 @@
 """Client-side defenses, one module each, registered by name in :data:`DEFENSES`."""
 
 from fl_shadow.defenses import none  # noqa: F401  (registers)
+from fl_shadow.defenses import sparsification  # noqa: F401  (registers)
 from fl_shadow.defenses.base import (
     DEFENSES,
     Defense,
