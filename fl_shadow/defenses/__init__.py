@@ -5,6 +5,7 @@ from fl_shadow.defenses import sparsification  # noqa: F401  (registers)
 from fl_shadow.defenses import clipping  # noqa: F401  (registers)
 from fl_shadow.defenses import dp  # noqa: F401  (registers)
 from fl_shadow.defenses import soteria  # noqa: F401  (registers)
+from fl_shadow.defenses import outpost  # noqa: F401  (registers)
 from fl_shadow.defenses.base import (
     DEFENSES,
     Defense,
