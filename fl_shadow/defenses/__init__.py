@@ -6,6 +6,7 @@ from fl_shadow.defenses import clipping  # noqa: F401  (registers)
 from fl_shadow.defenses import dp  # noqa: F401  (registers)
 from fl_shadow.defenses import soteria  # noqa: F401  (registers)
 from fl_shadow.defenses import outpost  # noqa: F401  (registers)
+from fl_shadow.defenses import censor  # noqa: F401  (registers)
 from fl_shadow.defenses.base import (
     DEFENSES,
     Defense,
