@@ -24,20 +24,19 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from attacks.base import Observation, Prior, Reconstruction, register_attack
 from attacks.label_recovery import recover_labels_from_update
 from attacks.objectives import cosine_cost, l2_cost, layer_weights, total_variation
 from attacks.replay import UpdateReplay
 from fl_shadow.errors import ConfigError, ThreatModelError
+from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -283,12 +282,8 @@ class InvertingGradients:
         milestones = lr_milestones(p.iterations) if p.lr_schedule == "multistep" else []
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones,
                                                          gamma=0.1)
-        # A live bar on a terminal; in logs (Flower's server, CI) one line per tenth instead,
-        # since a streamed log turns every bar refresh into text.
-        live = p.progress and sys.stderr.isatty()
-        log_every = max(1, p.iterations // 10) if p.progress and not live else 0
-        bar = tqdm(range(p.iterations), desc=desc, disable=not live, leave=False)
-        for it in bar:
+        progress = Progress(p.iterations, desc, logger, enabled=p.progress)
+        for _ in progress:
             cost = self._cost(replay(x, labels, create_graph=True), target, weights)
             objective = cost + p.tv_weight * total_variation(x) if p.tv_weight else cost
             if not torch.isfinite(objective):
@@ -302,12 +297,7 @@ class InvertingGradients:
             if p.boxed:
                 with torch.no_grad():
                     x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-            if live:
-                bar.set_postfix(cost=f"{float(cost.detach()):.4f}", refresh=False)
-            elif log_every and (it + 1) % log_every == 0:
-                logger.info("%s: iteration %d/%d, matching cost %.4f", desc, it + 1,
-                            p.iterations, float(cost.detach()))
-        bar.close()
+            progress.report(cost=cost.detach())
         return x.detach()
 
     def _score(self, x: torch.Tensor, labels: torch.Tensor, replay: UpdateReplay,

@@ -26,6 +26,7 @@ from fl_shadow import flower_keys as keys
 from fl_shadow.audit import encode_audit
 from fl_shadow.config import ExperimentConfig
 from fl_shadow.defenses import DefenseContext, build_defense
+from fl_shadow.metrics import accuracy, macro_f1
 from fl_shadow.models import build_model
 from fl_shadow.training import (
     LocalTraining,
@@ -51,6 +52,9 @@ class LocalData:
             only for the audit record.
         mean, std: input normalization.
         num_classes: number of labels.
+        eval_images, eval_labels: held-out images the client evaluates the global model on
+            (simulation: the federation's test split; deployment: the node's own test split);
+            None: evaluate on the local training images.
     """
 
     images: torch.Tensor
@@ -59,6 +63,8 @@ class LocalData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int
+    eval_images: torch.Tensor | None = None
+    eval_labels: torch.Tensor | None = None
 
 
 def local_training_plan(config: ExperimentConfig, client_id: int) -> LocalTraining:
@@ -97,10 +103,22 @@ class DefendedClient(NumPyClient):
         return build_model(m.name, in_channels=int(c), num_classes=self.data.num_classes,
                            image_size=int(h), width=m.width, norm=m.norm).to(self.device)
 
-    def _normalized(self) -> torch.Tensor:
+    def _normalized(self, images: torch.Tensor | None = None) -> torch.Tensor:
         mean = torch.tensor(self.data.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.data.std).view(1, -1, 1, 1)
-        return ((self.data.images - mean) / std).to(self.device)
+        images = self.data.images if images is None else images
+        return ((images - mean) / std).to(self.device)
+
+    def _context(self, config: Mapping[str, object]) -> DefenseContext:
+        """The round's defense context; seeds torch and the private generator per round."""
+        server_round = int(config[keys.SERVER_ROUND])
+        seed = int(np.random.SeedSequence(
+            [self.config.seed, self.client_id, server_round]).generate_state(1)[0])
+        torch.manual_seed(seed)
+        return DefenseContext(server_round=server_round, num_rounds=int(config[keys.NUM_ROUNDS]),
+                              client_id=self.client_id, device=self.device,
+                              generator=torch.Generator().manual_seed(seed),
+                              mean=self.data.mean, std=self.data.std, experiment=self.config)
 
     def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:
         return [v.detach().cpu().numpy() for v in self.model.state_dict().values()]
@@ -117,16 +135,9 @@ class DefendedClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray],
             config: Mapping[str, object]) -> tuple[list[np.ndarray], int, dict[str, object]]:
         start = time.perf_counter()
-        server_round = int(config[keys.SERVER_ROUND])
-        num_rounds = int(config[keys.NUM_ROUNDS])
         global_state = self._set_parameters(parameters)
-        seed = int(np.random.SeedSequence(
-            [self.config.seed, self.client_id, server_round]).generate_state(1)[0])
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        ctx = DefenseContext(server_round=server_round, num_rounds=num_rounds,
-                             client_id=self.client_id, device=self.device, generator=generator,
-                             mean=self.data.mean, std=self.data.std, experiment=self.config)
+        ctx = self._context(config)
+        server_round, generator = ctx.server_round, ctx.generator
 
         defense = build_defense(self.config.defense.name, self.config.defense.params)
         self._load_defense_state(defense)
@@ -160,12 +171,22 @@ class DefendedClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray],
                  config: Mapping[str, object]) -> tuple[float, int, dict[str, object]]:
+        """Evaluate the global model as this client uses it (through the defense's private
+        wrap, e.g. FedKL's key-lock) on the held-out images (the local ones if none)."""
         self._set_parameters(parameters)
-        images, labels = self._normalized(), self.data.labels
-        preds = predict(self.model, images, device=self.device)
-        loss = evaluate_loss(self.model, images, labels.to(self.device), device=self.device)
-        accuracy = float((preds == labels).float().mean()) if len(labels) else 0.0
-        return loss, len(labels), {"accuracy": accuracy}
+        defense = build_defense(self.config.defense.name, self.config.defense.params)
+        self._load_defense_state(defense)
+        model = defense.wrap_model(self.model, self._context(config))
+        if self.data.eval_images is not None and self.data.eval_labels is not None:
+            images, labels = self._normalized(self.data.eval_images), self.data.eval_labels
+        else:
+            images, labels = self._normalized(), self.data.labels
+        preds = predict(model, images, device=self.device)
+        loss = evaluate_loss(model, images, labels.to(self.device), device=self.device)
+        return loss, len(labels), {
+            keys.PARTITION_ID: self.client_id,
+            "accuracy": accuracy(preds, labels),
+            "macro_f1": macro_f1(preds, labels, self.data.num_classes)}
 
     # Defense state lives in the node's context.state, which Flower keeps between rounds.
     def _load_defense_state(self, defense: object) -> None:

@@ -3,9 +3,11 @@
     fl-shadow run [CONFIG] [--set key=value ...]   # flwr run . with the right federation
     fl-shadow validate CONFIG [--set key=value ...]
     fl-shadow show-config [CONFIG] [--set ...]      # the resolved config as YAML
+    fl-shadow pretrain-generator [CONFIG] [--set ...]  # train/cache the public-data generator
 
 ``run`` checks the config first (a bad key is one line, exit 2, before anything starts),
-sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
+pretrains the public-data generator when the defense or attack needs one and no cached
+checkpoint exists (with a progress bar, once, before the clients start), sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
 launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
 finally checks the run's own outcome (``status.json``), because ``flwr run --stream`` exits 0
 even when the ServerApp fails.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from fl_shadow import flower_keys as keys
-from fl_shadow.config import load_config
+from fl_shadow.config import ExperimentConfig, load_config
 from fl_shadow.errors import ConfigError
 from fl_shadow.report import new_run_dir
 
@@ -55,9 +58,31 @@ def flwr_command(config_path: Path, overrides: list[str], run_dir: Path, *,
             "--federation-config", federation]
 
 
+def needs_generator(config: ExperimentConfig) -> bool:
+    """Whether the configured defense or attack uses the pretrained generator."""
+    from attacks import ATTACKS
+    from fl_shadow.defenses import DEFENSES
+
+    defense = DEFENSES.get(config.defense.name).factory
+    attack = ATTACKS.get(config.attack.name).factory if config.attack.name != "none" else None
+    return bool(getattr(defense, "uses_generator", False)
+                or getattr(attack, "uses_generator", False))
+
+
+def pretrain_generator(config: ExperimentConfig) -> Path:
+    """Train (or find in the cache) the experiment's generator; returns the checkpoint file."""
+    from fl_shadow.generative import pretrained_generator
+    from fl_shadow.training import resolve_device
+
+    checkpoint = pretrained_generator(config, device=resolve_device(config.train.device))
+    return checkpoint.path
+
+
 def run(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else APP_DIR / "experiments/configs/default.yaml"
     config = load_config(config_path, args.set)
+    if needs_generator(config):
+        print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config.output_dir, config.name)
     # `flwr` and the `flower-superlink` it starts live next to this interpreter; make them
     # findable when the environment is not activated (e.g. `.venv/bin/fl-shadow run`).
@@ -89,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run an experiment on Flower's simulation engine"),
                             ("validate", "check a config and exit"),
-                            ("show-config", "print the resolved config")):
+                            ("show-config", "print the resolved config"),
+                            ("pretrain-generator", "train the public-data generator into the "
+                             "cache (or report the cached one)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", nargs="?", help="YAML experiment config (default: the "
                        "embedded offline default)")
@@ -104,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(Path(args.config) if args.config else None, args.set)
         if args.command == "show-config":
             print(config.to_yaml(), end="")
+        elif args.command == "pretrain-generator":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            print(f"fl-shadow: generator {pretrain_generator(config)}")
         else:
             print(f"{args.config or 'default config'}: ok")
         return 0

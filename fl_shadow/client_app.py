@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
+import torch
 import yaml
 from flwr.app import Context
 from flwr.client import Client, NumPyClient
@@ -25,7 +26,7 @@ from flwr.clientapp import ClientApp
 from clients.defended import DefendedClient, LocalData
 from fl_shadow import flower_keys as keys
 from fl_shadow.config import ExperimentConfig, load_config_dict
-from fl_shadow.data import client_dataset, load_dataset
+from fl_shadow.data import DatasetSplits, client_dataset, load_dataset
 from fl_shadow.errors import ConfigError
 from fl_shadow.logs import route_to_flower
 
@@ -51,7 +52,8 @@ def load_local_data(config: ExperimentConfig, node_config: Mapping[str, object])
         splits = load_dataset(config.data, seed=config.seed)
         indices, local = client_dataset(splits, config.partition, client_id, seed=config.seed)
         return client_id, LocalData(local.images, local.labels, np.asarray(indices),
-                                    splits.mean, splits.std, splits.num_classes), True
+                                    splits.mean, splits.std, splits.num_classes,
+                                    *_held_out(splits)), True
     if keys.NODE_DATA_PATH not in node_config:
         raise ConfigError("node config: expected 'data-path' (deployment) or 'partition-id' "
                           "(simulation)")
@@ -60,7 +62,14 @@ def load_local_data(config: ExperimentConfig, node_config: Mapping[str, object])
     client_id = int(node_config.get("client-id", 0))
     return client_id, LocalData(splits.train.images, splits.train.labels,
                                 np.arange(len(splits.train)), splits.mean, splits.std,
-                                splits.num_classes), False
+                                splits.num_classes, *_held_out(splits)), False
+
+
+def _held_out(splits: DatasetSplits) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The test split a client evaluates on, if the dataset has one."""
+    if len(splits.test) == 0:
+        return None, None
+    return splits.test.images, splits.test.labels
 
 
 class _ExperimentClient(NumPyClient):

@@ -236,6 +236,47 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """The image generator pretrained on the public split (shadow defense, GGL/GIAS attacks).
+
+    Trained once per dataset and these settings, then cached (see
+    :mod:`fl_shadow.generative.pretrain`); ``fl-shadow pretrain-generator`` trains it ahead.
+
+    Attributes:
+        latent_dim: size of the latent code ``z``.
+        max_channels: channels of the generator's smallest feature map.
+        min_channels: the fewest channels of any block.
+        iterations: GAN training iterations (one discriminator + one generator step each).
+        batch_size: images per GAN iteration.
+        lr: Adam learning rate of both networks.
+        ema: decay of the generator's exponential moving average (the checkpoint is the EMA).
+        augment: differentiable augmentation (translation, cutout) of real and fake images,
+            which keeps the discriminator from memorising a small public set.
+        seed: training seed (independent of the experiment seed, so every experiment on the
+            same data shares one checkpoint).
+    """
+
+    latent_dim: int = 64
+    max_channels: int = 128
+    min_channels: int = 16
+    iterations: int = 1500
+    batch_size: int = 32
+    lr: float = 2e-4
+    ema: float = 0.99
+    augment: bool = True
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        for name in ("latent_dim", "max_channels", "min_channels", "iterations", "batch_size"):
+            value = getattr(self, name)
+            _check(value >= 1, f"{key}.{name}", "an integer >= 1", value)
+        _check(self.min_channels <= self.max_channels, f"{key}.min_channels",
+               f"at most generator.max_channels ({self.max_channels})", self.min_channels)
+        _check(self.lr > 0, f"{key}.lr", "a number > 0", self.lr)
+        _check(0 <= self.ema < 1, f"{key}.ema", "a number in [0, 1)", self.ema)
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Resources of Flower's simulation engine.
 
@@ -262,6 +303,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def validate(self) -> None:

@@ -87,6 +87,23 @@ class RunRecorder:
                  loss)
         self._status("running", rounds_completed=server_round)
 
+    def log_client_utility(self, server_round: int, rows: list[dict[str, Any]]) -> None:
+        """Clients' own evaluation of the round's global model (through their private part,
+        e.g. FedKL's key): one row per client into ``client_utility.jsonl``; the example-weighted
+        means join the round's utility row as ``client_accuracy`` / ``client_macro_f1``."""
+        for row in rows:
+            self._append("client_utility.jsonl", {"round": server_round, **row})
+        total = sum(r["num_examples"] for r in rows)
+        if not rows or total == 0:
+            return
+        means = {f"client_{m}": sum(r[m] * r["num_examples"] for r in rows) / total
+                 for m in ("accuracy", "macro_f1")}
+        for row in self.utility:
+            if row["round"] == server_round:
+                row.update(means)
+        log.info("round %d/%d: clients' own models: accuracy %.4f, macro-F1 %.4f", server_round,
+                 self.num_rounds, means["client_accuracy"], means["client_macro_f1"])
+
     def log_attack(self, outcome: AttackOutcome, scores: Scores | None) -> None:
         rec = outcome.reconstruction
         row: dict[str, Any] = {
@@ -148,21 +165,36 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]],
                      fits: list[dict[str, Any]]) -> str:
     """Markdown tables: utility per round, privacy per attacked update, client time per round."""
-    lines = ["## Utility (global model, test split)", "",
-             "| round | accuracy | macro-F1 | loss |", "|---:|---:|---:|---:|"]
-    for r in utility:
-        lines.append(f"| {r['round']} | {r.get('accuracy', math.nan):.4f} | "
-                     f"{r.get('macro_f1', math.nan):.4f} | {r['loss']:.4f} |")
+    lines = ["## Utility (global model, test split)", ""]
+    if any("client_accuracy" in r for r in utility):
+        lines += ["| round | accuracy | macro-F1 | loss | clients' accuracy | clients' macro-F1 |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in utility:
+            lines.append(f"| {r['round']} | {r.get('accuracy', math.nan):.4f} | "
+                         f"{r.get('macro_f1', math.nan):.4f} | {r['loss']:.4f} | "
+                         f"{r.get('client_accuracy', math.nan):.4f} | "
+                         f"{r.get('client_macro_f1', math.nan):.4f} |")
+        lines += ["", "Clients' columns: the global model as each client uses it (with its "
+                  "private part, e.g. its FedKL key), on the test split, weighted by examples."]
+    else:
+        lines += ["| round | accuracy | macro-F1 | loss |", "|---:|---:|---:|---:|"]
+        for r in utility:
+            lines.append(f"| {r['round']} | {r.get('accuracy', math.nan):.4f} | "
+                         f"{r.get('macro_f1', math.nan):.4f} | {r['loss']:.4f} |")
     lines += ["", "## Privacy (attacker's reconstructions vs. the attacked images)", ""]
     if privacy:
         lines += ["| round | client | images | PSNR (dB) | SSIM | LPIPS | label acc. | "
-                  "attack s |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "FG PSNR | FG SSIM | FG LPIPS | attack s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in privacy:
             lines.append(
                 f"| {r['round']} | {r['client']} | {r['num_images']} | "
                 f"{r.get('psnr', math.nan):.2f} | {r.get('ssim', math.nan):.4f} | "
                 f"{r.get('lpips', math.nan):.4f} | {r.get('label_accuracy', math.nan):.2f} | "
-                f"{r['attack_seconds']:.1f} |")
+                f"{r.get('fg_psnr', math.nan):.2f} | {r.get('fg_ssim', math.nan):.4f} | "
+                f"{r.get('fg_lpips', math.nan):.4f} | {r['attack_seconds']:.1f} |")
+        lines += ["", "FG: inside each image's Grad-CAM++ foreground (top 30% of the global "
+                  "model's map for its label)."]
     else:
         lines.append("(no update was attacked)")
     if fits:

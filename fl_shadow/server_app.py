@@ -23,9 +23,11 @@ from fl_shadow import flower_keys as keys
 from fl_shadow import metrics
 from fl_shadow.config import ExperimentConfig, load_config, parse_overrides
 from fl_shadow.data import DatasetSplits, load_dataset
+from fl_shadow.defenses import DEFENSES
 from fl_shadow.errors import ConfigError
 from fl_shadow.logs import route_to_flower
 from fl_shadow.models import build_model
+from fl_shadow.reference_classifier import train_reference_classifier
 from fl_shadow.report import RunRecorder, new_run_dir
 from fl_shadow.scoring import Scorer
 from fl_shadow.training import evaluate_loss, predict, resolve_device
@@ -92,7 +94,11 @@ def build_strategy(config: ExperimentConfig, run_dir: Path) -> CuriousFedAvg:
     state_keys = list(initial.state_dict())
     initial_arrays = [v.detach().cpu().numpy() for v in initial.state_dict().values()]
 
-    hook = None
+    hook, reference = None, None
+    if config.attack.name != "none" and len(splits.public):
+        reference = train_reference_classifier(splits.public, num_classes=splits.num_classes,
+                                               mean=splits.mean, std=splits.std,
+                                               seed=config.seed)
     if config.attack.name != "none":
         prior = Prior(model_factory=build, image_shape=splits.image_shape,
                       num_classes=splits.num_classes, mean=splits.mean, std=splits.std,
@@ -104,7 +110,10 @@ def build_strategy(config: ExperimentConfig, run_dir: Path) -> CuriousFedAvg:
     recorder = RunRecorder(run_dir, config.to_yaml(), config.train.rounds)
     return CuriousFedAvg(
         experiment_yaml=config.to_yaml(), num_rounds=config.train.rounds, recorder=recorder,
-        attack_hook=hook, scorer=Scorer(splits.train),
+        attack_hook=hook,
+        federated_evaluation=DEFENSES.get(config.defense.name).factory.private_model,
+        scorer=Scorer(splits.train, model_factory=build, state_keys=state_keys, mean=splits.mean,
+                      std=splits.std, reference=reference),
         fraction_fit=s.fraction_fit, fraction_evaluate=0.0,
         min_fit_clients=min(s.min_fit_clients, n), min_evaluate_clients=0,
         min_available_clients=min(s.min_available_clients, n),

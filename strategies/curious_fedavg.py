@@ -8,7 +8,15 @@ received update, and the run record (training metrics, attacks and their scores)
 from __future__ import annotations
 
 import logging
-from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -30,13 +38,20 @@ class CuriousFedAvg(FedAvg):
         recorder: writes the results folder.
         attack_hook: runs the attack on chosen updates; None for an honest server.
         scorer: scores reconstructions against the audit record (simulation only).
+        federated_evaluation: the clients also evaluate each round's global model with their
+            private part (a defense whose ``private_model`` is true); the run is finished
+            after the last of these instead of after the central evaluation.
         **fedavg_kwargs: passed to :class:`flwr.server.strategy.FedAvg`.
     """
 
     def __init__(self, *, experiment_yaml: str, num_rounds: int, recorder: RunRecorder,
                  attack_hook: AttackHook | None = None, scorer: Scorer | None = None,
-                 **fedavg_kwargs: object) -> None:
+                 federated_evaluation: bool = False, **fedavg_kwargs: object) -> None:
+        if federated_evaluation:
+            fedavg_kwargs.update(fraction_evaluate=1.0,
+                                 min_evaluate_clients=fedavg_kwargs.get("min_fit_clients", 1))
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        self.federated_evaluation = federated_evaluation
         self.experiment_yaml = experiment_yaml
         self.num_rounds = num_rounds
         self.recorder = recorder
@@ -49,9 +64,38 @@ class CuriousFedAvg(FedAvg):
         self._sent = {server_round: parameters}
         instructions = super().configure_fit(server_round, parameters, client_manager)
         for _, ins in instructions:
-            ins.config.update({keys.SERVER_ROUND: server_round, keys.NUM_ROUNDS: self.num_rounds,
-                               keys.EXPERIMENT: self.experiment_yaml})
+            ins.config.update(self._round_config(server_round))
         return instructions
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager
+                           ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if not self.federated_evaluation:
+            return []
+        instructions = super().configure_evaluate(server_round, parameters, client_manager)
+        for _, ins in instructions:
+            ins.config.update(self._round_config(server_round))
+        return instructions
+
+    def aggregate_evaluate(self, server_round: int,
+                           results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException]
+                           ) -> tuple[float | None, dict[str, Scalar]]:
+        rows = sorted(({"client": int(res.metrics.get(keys.PARTITION_ID, -1)),
+                        "num_examples": res.num_examples, "loss": float(res.loss),
+                        "accuracy": float(res.metrics["accuracy"]),
+                        "macro_f1": float(res.metrics["macro_f1"])} for _, res in results),
+                      key=lambda r: r["client"])
+        self.recorder.log_client_utility(server_round, rows)
+        for failure in failures:
+            self.recorder.log_failure(server_round, failure)
+        if server_round == self.num_rounds:
+            self.recorder.finish()
+        return super().aggregate_evaluate(server_round, results, failures)
+
+    def _round_config(self, server_round: int) -> dict[str, Scalar]:
+        return {keys.SERVER_ROUND: server_round, keys.NUM_ROUNDS: self.num_rounds,
+                keys.EXPERIMENT: self.experiment_yaml}
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[tuple[ClientProxy, FitRes] | BaseException]
@@ -78,7 +122,8 @@ class CuriousFedAvg(FedAvg):
                                                parameters_to_ndarrays(res.parameters),
                                                res.num_examples, res.metrics)
                 if outcome is not None:
-                    scores = (self.scorer.score(outcome.reconstruction, outcome.audit)
+                    scores = (self.scorer.score(outcome.reconstruction, outcome.audit,
+                                                global_arrays)
                               if self.scorer is not None else None)
                     self.recorder.log_attack(outcome, scores)
         for failure in failures:
@@ -95,7 +140,7 @@ class CuriousFedAvg(FedAvg):
         if result is not None:
             loss, metrics = result
             self.recorder.log_utility(server_round, loss, metrics)
-        if server_round == self.num_rounds:
+        if server_round == self.num_rounds and not self.federated_evaluation:
             self.recorder.finish()
         return result
 

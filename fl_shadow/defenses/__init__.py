@@ -7,6 +7,9 @@ from fl_shadow.defenses import dp  # noqa: F401  (registers)
 from fl_shadow.defenses import soteria  # noqa: F401  (registers)
 from fl_shadow.defenses import outpost  # noqa: F401  (registers)
 from fl_shadow.defenses import censor  # noqa: F401  (registers)
+from fl_shadow.defenses import shadow  # noqa: F401  (registers)
+from fl_shadow.defenses import fedkl  # noqa: F401  (registers)
+from fl_shadow.defenses import latent_minimax  # noqa: F401  (registers)
 from fl_shadow.defenses.base import (
     DEFENSES,
     Defense,

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from fl_shadow.registry import ComponentSpec, Registry, register_component, resolve_component
+
+if TYPE_CHECKING:
+    from fl_shadow.generative import ImageGenerator
 
 
 @dataclass
@@ -63,6 +66,10 @@ class Defense:
     """Base class: every hook is the identity. Subclasses override what they change."""
 
     name: ClassVar[str] = "none"
+    #: True when the global model alone is not what the clients use (FedKL's private lock):
+    #: the server then asks the clients to evaluate the global model through
+    #: :meth:`wrap_model` with their private state (Flower's federated evaluation).
+    private_model: ClassVar[bool] = False
 
     def setup(self, images: torch.Tensor, labels: torch.Tensor, model: nn.Module,
               ctx: DefenseContext) -> None:
@@ -100,6 +107,16 @@ class Defense:
 
     def summary(self) -> str:
         return self.name
+
+
+def load_pretrained_generator(ctx: DefenseContext) -> ImageGenerator:
+    """The experiment's public-data generator (cached checkpoint), for generative defenses."""
+    from fl_shadow.generative import pretrained_generator
+
+    if ctx.experiment is None:
+        raise RuntimeError("this defense needs the experiment config (ctx.experiment) to find "
+                           "its pretrained generator")
+    return pretrained_generator(ctx.experiment, device=ctx.device).generator
 
 
 DEFENSES: Registry[ComponentSpec[Defense]] = Registry("defense", config_key="defense.name")

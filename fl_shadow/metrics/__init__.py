@@ -24,6 +24,9 @@ The metric protocol -- the project's single definition; every reported number fo
    reconstruction by a metric against the ground truth. All metrics are computed on that one
    matching (:func:`score_matched_pairs`) and averaged over its pairs (:func:`privacy_metrics`).
 
+6. **Inside a region** (the Grad-CAM++ foreground): :func:`region_scores` -- PSNR over the
+   region's pixels, SSIM/LPIPS of the reconstruction pasted into the truth inside the region.
+
 Utility: :func:`accuracy` and :func:`macro_f1` (classes absent from both predictions and labels
 are left out of the macro mean).
 
@@ -53,6 +56,7 @@ from fl_shadow.metrics.matching import (
     privacy_metrics,
     score_matched_pairs,
 )
+from fl_shadow.metrics.region import region_scores
 from fl_shadow.metrics.utility import accuracy, macro_f1
 
 __all__ = [
@@ -71,6 +75,7 @@ __all__ = [
     "match_reconstructions",
     "privacy_metrics",
     "psnr",
+    "region_scores",
     "score_matched_pairs",
     "ssim",
     "ssim_kernel_size",
