@@ -7,7 +7,7 @@ Importing this package registers every attack module. The flat API::
     reconstruction = attack.reconstruct(observation, prior)
 """
 
-from attacks import inverting_gradients  # noqa: F401  (registers)
+from attacks import dlg, gradinversion, idlg, inverting_gradients  # noqa: F401  (registers)
 from attacks.base import (
     ATTACKS,
     Attack,
@@ -15,9 +15,16 @@ from attacks.base import (
     Observation,
     Prior,
     Reconstruction,
+    ThreatModelNeeds,
+    bn_statistic_names,
     build_attack,
+    check_threat_model,
     register_attack,
 )
+from attacks.bn_prior import BatchNormRecorder, BatchNormReference, bn_prior
+from attacks.dlg import DLG, DLGParams
+from attacks.gradinversion import GradInversion, GradInversionParams
+from attacks.idlg import IDLG, IDLGParams
 from attacks.inverting_gradients import (
     InvertingGradients,
     InvertingGradientsParams,
@@ -33,13 +40,17 @@ from attacks.label_recovery import (
     recover_labels_yin,
     remove_weight_decay,
 )
+from attacks.matching import MatchingProblem, prepare_matching
 from attacks.objectives import cosine_cost, l2_cost, layer_weights, total_variation
 from attacks.replay import UpdateReplay, simulate_update, step_slots
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackSpec", "InvertingGradients", "InvertingGradientsParams",
-    "Observation", "Prior", "Reconstruction", "UpdateReplay", "build_attack", "cosine_cost",
-    "l2_cost", "label_placements", "layer_weights", "lr_milestones", "recover_label_idlg",
+    "ATTACKS", "Attack", "AttackSpec", "BatchNormRecorder", "BatchNormReference", "DLG",
+    "DLGParams", "GradInversion", "GradInversionParams", "IDLG", "IDLGParams",
+    "InvertingGradients", "InvertingGradientsParams", "MatchingProblem", "Observation", "Prior",
+    "Reconstruction", "ThreatModelNeeds", "UpdateReplay", "bn_prior", "bn_statistic_names",
+    "build_attack", "check_threat_model", "cosine_cost", "l2_cost", "label_placements",
+    "layer_weights", "lr_milestones", "prepare_matching", "recover_label_idlg",
     "recover_labels", "recover_labels_bias_corrected", "recover_labels_from_update",
     "recover_labels_support", "recover_labels_yin", "register_attack", "remove_weight_decay",
     "simulate_update", "step_slots", "total_variation",

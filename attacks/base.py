@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from fl_shadow.errors import ThreatModelError
 from fl_shadow.registry import ComponentSpec, Registry, register_component, resolve_component
 from fl_shadow.training import LocalTraining
 
@@ -27,7 +28,9 @@ class Observation:
     Attributes:
         global_state: the global model's ``state_dict`` the server sent this round.
         client_state: the ``state_dict`` the client sent back (same keys), i.e. after local
-            training and after the client's defense.
+            training and after the client's defense; without the BatchNorm running
+            statistics when the threat model withholds them (``attack.bn_statistics:
+            withheld``, see :func:`bn_statistic_names`).
         num_examples: the example count the client reported (FedAvg weights by it).
         training: the local-training plan the server sent (lr, batch size, epochs/steps).
         num_images: how many distinct images the update was computed from, as the server can
@@ -96,6 +99,62 @@ class Reconstruction:
     iterations: int
     seconds: float
     info: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ThreatModelNeeds:
+    """What an attack asks of the threat model, checked by :func:`check_threat_model`.
+
+    Each field is None when the attack does without, else the setting that creates the need,
+    quoted in the error (e.g. ``"attack.params.require_labels is true"``).
+
+    Attributes:
+        labels: the batch's labels (the threat model gives them with ``attack.labels: given``).
+        bn_statistics: the BatchNorm running statistics in the client's upload (withheld from
+            the observation with ``attack.bn_statistics: withheld``).
+    """
+
+    labels: str | None = None
+    bn_statistics: str | None = None
+
+
+def bn_statistic_names(model: nn.Module) -> list[str]:
+    """``state_dict`` keys of every BatchNorm layer's running statistics and step counter."""
+    names = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            names += [f"{prefix}.{b}" if prefix else b
+                      for b in ("running_mean", "running_var", "num_batches_tracked")]
+    return names
+
+
+def check_threat_model(attack: str, needs: ThreatModelNeeds, observation: Observation,
+                       model: nn.Module) -> None:
+    """Fail before any work when the observation lacks what ``needs`` asks for.
+
+    Args:
+        attack: the attack's name (first word of the message).
+        needs: the attack's declared needs.
+        observation: what the threat model hands over.
+        model: the public architecture (to find the BatchNorm buffers).
+
+    Raises:
+        ThreatModelError: naming the config key that withholds the data.
+    """
+    if needs.labels and observation.labels is None:
+        raise ThreatModelError(
+            f"{attack}: {needs.labels} but the threat model withholds labels (attack.labels: "
+            "recover); set attack.labels: given or change that setting")
+    if needs.bn_statistics:
+        # An architecture without BatchNorm has no statistics to withhold: nothing to check.
+        names = [n for n in bn_statistic_names(model) if not n.endswith("num_batches_tracked")]
+        missing = [n for n in names if n not in observation.client_state]
+        if missing:
+            raise ThreatModelError(
+                f"{attack}: {needs.bn_statistics} but the threat model withholds the client's "
+                f"BatchNorm statistics ({missing[0]} is not in the observation; "
+                "attack.bn_statistics: withheld); set attack.bn_statistics: given or change "
+                "that setting")
 
 
 @runtime_checkable

@@ -32,10 +32,15 @@ from typing import Literal
 import torch
 
 from attacks.base import Observation, Prior, Reconstruction, register_attack
-from attacks.label_recovery import recover_labels_from_update
+from attacks.matching import (
+    MatchingAttack,
+    MatchingProblem,
+    attack_device,
+    check_ranges,
+    prepare_matching,
+)
 from attacks.objectives import cosine_cost, l2_cost, layer_weights, total_variation
 from attacks.replay import UpdateReplay
-from fl_shadow.errors import ConfigError, ThreatModelError
 from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -103,9 +108,7 @@ class InvertingGradientsParams:
             (self.restarts >= 1, "restarts", "an integer >= 1", self.restarts),
             (self.max_images >= 1, "max_images", "an integer >= 1", self.max_images),
         ]
-        for ok, name, expected, got in checks:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: expected {expected}, got {got!r}")
+        check_ranges(key, checks)
 
 
 def lr_milestones(iterations: int) -> list[int]:
@@ -114,22 +117,15 @@ def lr_milestones(iterations: int) -> list[int]:
 
 
 @register_attack("inverting_gradients", InvertingGradientsParams)
-class InvertingGradients:
+class InvertingGradients(MatchingAttack):
     """Cosine gradient matching with a TV prior (Geiping et al. 2020).
 
-    Args:
-        params: validated parameters.
-        device: where the optimisation runs.
-        seed: seeds the random initialisations (deterministic on CPU).
+    Constructed as ``InvertingGradients(params, device=..., seed=...)``
+    (:class:`~attacks.matching.MatchingAttack`: also its threat-model ``needs``).
     """
 
     name = "inverting_gradients"
-
-    def __init__(self, params: InvertingGradientsParams, *, device: torch.device | str = "cpu",
-                 seed: int = 0) -> None:
-        self.params = params
-        self.device = torch.device(device)
-        self.seed = seed
+    params: InvertingGradientsParams
 
     def summary(self) -> str:
         p = self.params
@@ -156,43 +152,14 @@ class InvertingGradients:
         """
         start = time.perf_counter()
         p = self.params
-        num_images = int(observation.num_images)
-        if num_images < 1:
-            raise ValueError(f"observation.num_images must be >= 1, got {num_images}")
-        if num_images > p.max_images:
-            raise ValueError(
-                f"inverting_gradients: the update comes from {num_images} images, more than "
-                f"attack.params.max_images={p.max_images}; raise max_images (cost grows with "
-                "the batch) or attack smaller batches")
-        if p.require_labels and observation.labels is None:
-            raise ThreatModelError(
-                "inverting_gradients: attack.params.require_labels is true but the threat model "
-                "withholds labels (attack.labels: recover); set attack.labels: given or "
-                "require_labels: false")
-
-        model = prior.model_factory().to(self.device)
-        self._load_global(model, observation)
-        target = self._target_update(model, observation)
-
-        recovered = observation.labels is None
-        if recovered:
-            labels = recover_labels_from_update(
-                model, target, num_images, strategy=p.label_strategy,
-                plan=observation.training, num_steps=observation.num_local_steps,
-            ).to(self.device)
-        else:
-            labels = torch.as_tensor(observation.labels).to(self.device).long().flatten()
-            if labels.numel() != num_images:
-                raise ValueError(f"observation.labels has {labels.numel()} entries, expected "
-                                 f"num_images={num_images}")
-        if labels.min() < 0 or labels.max() >= prior.num_classes:
-            raise ValueError(f"labels must lie in [0, {prior.num_classes}), got {labels.tolist()}")
-
-        replay = UpdateReplay(model, observation.global_state, observation.training,
-                              observation.num_examples, num_images)
-        weights = layer_weights(len(target), p.layer_weighting, device=self.device)
-        lower, upper = self._box(prior)
-        shape = (num_images, *prior.image_shape)
+        problem = prepare_matching(self.name, observation, prior,
+                                   device=attack_device(observation, self.device),
+                                   needs=self.needs, max_images=p.max_images,
+                                   label_strategy=p.label_strategy)
+        labels, recovered, replay = problem.labels, problem.labels_recovered, problem.replay
+        assert labels is not None  # a label strategy is given
+        target = problem.target
+        weights = layer_weights(len(target), p.layer_weighting, device=problem.device)
         generator = torch.Generator().manual_seed(self.seed)
 
         # A summed update does not say which recovered label sat in which step: restarts try
@@ -204,23 +171,21 @@ class InvertingGradients:
         scores: list[float] = []
         for restart in range(p.restarts):
             t0 = time.perf_counter()
-            x0 = self._init(shape, lower, upper, generator)
+            x0 = problem.init_images(p.init, generator)
             trial_labels = placements[restart % len(placements)]
-            x = self._optimise(x0, trial_labels, replay, target, weights, lower, upper,
+            x = self._optimise(x0, trial_labels, problem, weights,
                                desc=f"IG restart {restart + 1}/{p.restarts}")
             score = self._score(x, trial_labels, replay, target, weights)
             scores.append(score)
             logger.info("inverting_gradients restart %d/%d: matching cost %.5f (%.1f s, %d "
                         "images, %d local steps)", restart + 1, p.restarts, score,
-                        time.perf_counter() - t0, num_images, replay.num_steps)
+                        time.perf_counter() - t0, problem.num_images, replay.num_steps)
             if best_x is None or score < best_score:
                 best_x, best_labels, best_score = x, trial_labels, score
         assert best_x is not None  # restarts >= 1
         labels = best_labels
 
-        std = torch.tensor(prior.std, device=self.device).view(1, -1, 1, 1)
-        mean = torch.tensor(prior.mean, device=self.device).view(1, -1, 1, 1)
-        images = (best_x * std + mean).clamp(0, 1).cpu()
+        images = problem.to_images(best_x)
         info = {f"restart_{i}_cost": s for i, s in enumerate(scores)}
         info.update(labels_recovered=float(recovered), num_local_steps=float(replay.num_steps),
                     best_restart=float(scores.index(best_score)) if math.isfinite(best_score)
@@ -230,53 +195,16 @@ class InvertingGradients:
                               seconds=time.perf_counter() - start, info=info)
 
     # ----------------------------------------------------------------------------------------
-    def _load_global(self, model: torch.nn.Module, observation: Observation) -> None:
-        try:
-            model.load_state_dict({k: v.to(self.device) for k, v in
-                                   observation.global_state.items()})
-        except RuntimeError as exc:
-            raise ThreatModelError(f"inverting_gradients: the global state does not fit the "
-                                   f"public architecture: {str(exc).splitlines()[0]}") from None
-
-    def _target_update(self, model: torch.nn.Module,
-                       observation: Observation) -> list[torch.Tensor]:
-        try:
-            update = observation.parameter_update(model)
-        except KeyError as exc:
-            raise ThreatModelError(f"inverting_gradients: the client's upload lacks parameter "
-                                   f"{exc.args[0]!r} of the public architecture") from None
-        return [u.to(self.device) for u in update]
-
-    def _box(self, prior: Prior) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(prior.mean, dtype=torch.float32, device=self.device)
-        std = torch.tensor(prior.std, dtype=torch.float32, device=self.device)
-        channels = prior.image_shape[0]
-        if len(mean) not in (1, channels) or len(std) not in (1, channels):
-            raise ValueError(f"prior.mean/std need 1 or {channels} entries, got "
-                             f"{len(mean)}/{len(std)}")
-        lower = (-mean / std).expand(channels).view(1, -1, 1, 1)
-        upper = ((1 - mean) / std).expand(channels).view(1, -1, 1, 1)
-        return lower, upper
-
-    def _init(self, shape: tuple[int, ...], lower: torch.Tensor, upper: torch.Tensor,
-              generator: torch.Generator) -> torch.Tensor:
-        if self.params.init == "randn":
-            x = torch.randn(shape, generator=generator)
-        else:
-            x = torch.rand(shape, generator=generator)
-            x = lower.cpu() + x * (upper - lower).cpu()
-        return x.to(self.device)
-
     def _cost(self, trial: list[torch.Tensor], target: list[torch.Tensor],
               weights: torch.Tensor) -> torch.Tensor:
         if self.params.cost == "cosine":
             return cosine_cost(trial, target, weights)
         return l2_cost(trial, target, weights)
 
-    def _optimise(self, x0: torch.Tensor, labels: torch.Tensor, replay: UpdateReplay,
-                  target: list[torch.Tensor], weights: torch.Tensor, lower: torch.Tensor,
-                  upper: torch.Tensor, *, desc: str) -> torch.Tensor:
+    def _optimise(self, x0: torch.Tensor, labels: torch.Tensor, problem: MatchingProblem,
+                  weights: torch.Tensor, *, desc: str) -> torch.Tensor:
         p = self.params
+        replay, target = problem.replay, problem.target
         x = x0.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=p.lr)
         milestones = lr_milestones(p.iterations) if p.lr_schedule == "multistep" else []
@@ -295,8 +223,7 @@ class InvertingGradients:
             optimizer.step()
             scheduler.step()
             if p.boxed:
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, upper), lower))
+                problem.clamp_(x)
             progress.report(cost=cost.detach())
         return x.detach()
 

@@ -1,6 +1,7 @@
 """``fl-shadow``: validate a config, then run it on Flower's simulation engine.
 
     fl-shadow run [CONFIG] [--set key=value ...]   # flwr run . with the right federation
+    fl-shadow resume RUN_DIR                        # continue a killed run from its checkpoint
     fl-shadow validate CONFIG [--set key=value ...]
     fl-shadow show-config [CONFIG] [--set ...]      # the resolved config as YAML
     fl-shadow pretrain-generator [CONFIG] [--set ...]  # train/cache the public-data generator
@@ -11,6 +12,11 @@ checkpoint exists (with a progress bar, once, before the clients start), sizes t
 launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
 finally checks the run's own outcome (``status.json``), because ``flwr run --stream`` exits 0
 even when the ServerApp fails.
+
+``resume`` checks the folder first (one line, exit 2: no checkpoint, run already completed,
+config changed, or a defense whose client state a new federation would lose, which
+``--allow-client-state-loss`` accepts), then launches the same federation with the run config's
+``resume = true``: the server continues from the last completed round (:mod:`fl_shadow.checkpoint`).
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import tempfile
 from pathlib import Path
 
 from fl_shadow import flower_keys as keys
+from fl_shadow.checkpoint import keeps_client_state, prepare_resume
 from fl_shadow.config import ExperimentConfig, load_config
-from fl_shadow.errors import ConfigError
+from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.report import new_run_dir
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -45,12 +52,13 @@ def _toml_string(value: str) -> str:
 
 def flwr_command(config_path: Path, overrides: list[str], run_dir: Path, *,
                  num_clients: int, cpus_per_client: float, gpus_per_client: float,
-                 run_config_file: Path) -> list[str]:
+                 run_config_file: Path, resume: bool = False) -> list[str]:
     """The ``flwr run`` command line for this experiment (run config written to a TOML file)."""
     run_config_file.write_text(
         f"{keys.RUN_CONFIG_PATH} = {_toml_string(str(config_path.resolve()))}\n"
         f"{keys.RUN_OVERRIDES} = {_toml_string('; '.join(overrides))}\n"
-        f"{keys.RUN_DIR} = {_toml_string(str(run_dir.resolve()))}\n")
+        f"{keys.RUN_DIR} = {_toml_string(str(run_dir.resolve()))}\n"
+        f"{keys.RUN_RESUME} = {'true' if resume else 'false'}\n")
     cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else cpus_per_client
     federation = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus} "
                   f"client-resources-num-gpus={float(gpus_per_client)}")
@@ -84,18 +92,43 @@ def run(args: argparse.Namespace) -> int:
     if needs_generator(config):
         print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config.output_dir, config.name)
+    print(f"fl-shadow: running {config.name!r} -> {run_dir}", flush=True)
+    return _launch(config, config_path, args.set, run_dir, resume=False)
+
+
+def resume(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    config, checkpoint = prepare_resume(run_dir)
+    if keeps_client_state(config.defense.name):
+        if not args.allow_client_state_loss:
+            raise ResumeError(
+                f"defense.name: {config.defense.name} keeps per-client state between rounds in "
+                "Flower's node state, which a new federation starts empty, so the resumed run "
+                "would differ from an uninterrupted one; pass --allow-client-state-loss to "
+                "resume anyway")
+        print(f"fl-shadow: warning: {config.defense.name}'s client state is lost; the resumed "
+              "rounds will differ from an uninterrupted run", file=sys.stderr, flush=True)
+    if needs_generator(config):
+        print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
+    print(f"fl-shadow: resuming {config.name!r} after round {checkpoint.server_round}/"
+          f"{config.train.rounds} -> {run_dir}", flush=True)
+    return _launch(config, run_dir / "config.yaml", [], run_dir, resume=True)
+
+
+def _launch(config: ExperimentConfig, config_path: Path, overrides: list[str], run_dir: Path,
+            *, resume: bool) -> int:
+    """Run ``flwr run`` for the experiment; 0 when its ``status.json`` says completed."""
     # `flwr` and the `flower-superlink` it starts live next to this interpreter; make them
     # findable when the environment is not activated (e.g. `.venv/bin/fl-shadow run`).
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **QUIET_ENV,
            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = flwr_command(config_path, args.set, run_dir,
+        cmd = flwr_command(config_path, overrides, run_dir,
                            num_clients=config.partition.num_clients,
                            cpus_per_client=config.simulation.num_cpus_per_client,
                            gpus_per_client=config.simulation.num_gpus_per_client,
-                           run_config_file=Path(tmp) / "run_config.toml")
-        print(f"fl-shadow: running {config.name!r} -> {run_dir}", flush=True)
+                           run_config_file=Path(tmp) / "run_config.toml", resume=resume)
         proc = subprocess.run(cmd, env=env, check=False)
     status_file = run_dir / "status.json"
     status = json.loads(status_file.read_text()) if status_file.exists() else {"state": "missing"}
@@ -106,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print((run_dir / "summary.md").read_text())
     print(f"fl-shadow: results in {run_dir}")
+    if resume:
+        print(f"fl-shadow: resumed after round(s) {status.get('resumed_after')}")
     return 0
 
 
@@ -124,10 +159,18 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a config key, e.g. --set train.rounds=5 (repeatable)")
         if name == "run":
             p.add_argument("--run-dir", help="results folder (default: a new timestamped one)")
+    p = sub.add_parser("resume", help="continue a killed or failed run from its last completed "
+                       "round (its folder's config.yaml and checkpoint.npz)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of the interrupted run")
+    p.add_argument("--allow-client-state-loss", action="store_true",
+                   help="resume a defense that keeps client state between rounds (shadow, "
+                   "fedkl, latent_minimax, censor) although a new federation starts it empty")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return run(args)
+        if args.command == "resume":
+            return resume(args)
         config = load_config(Path(args.config) if args.config else None, args.set)
         if args.command == "show-config":
             print(config.to_yaml(), end="")
@@ -137,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{args.config or 'default config'}: ok")
         return 0
-    except ConfigError as exc:
+    except (ConfigError, ResumeError) as exc:
         print(f"fl-shadow: {exc}", file=sys.stderr)
         return 2
 

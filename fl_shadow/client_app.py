@@ -5,8 +5,10 @@ the server's file is the single source of truth and nodes need no copy of it.
 
 * Simulation: ``node_config`` holds ``partition-id``/``num-partitions``; the node loads the shared
   dataset and takes its partition, and sends the audit record used for scoring.
-* Deployment: ``node_config`` holds ``data-path`` (the hospital's own folder or ``.npz``); the node
-  uses all of it as local training data and sends no audit record.
+* Deployment: ``node_config`` holds ``data-path`` (the hospital's own folder or ``.npz``) and
+  ``client-id`` (its number, 0..``partition.num_clients``-1, default 0); the node uses the
+  training split of its data (all of it but what the dataset's own rules hold out) and sends no
+  audit record.
 """
 
 from __future__ import annotations
@@ -57,9 +59,14 @@ def load_local_data(config: ExperimentConfig, node_config: Mapping[str, object])
     if keys.NODE_DATA_PATH not in node_config:
         raise ConfigError("node config: expected 'data-path' (deployment) or 'partition-id' "
                           "(simulation)")
+    # The number picks the hospital's batch size and is how results and the attack name it.
+    client_id = int(node_config.get(keys.NODE_CLIENT_ID, 0))
+    if not 0 <= client_id < config.partition.num_clients:
+        raise ConfigError("node config: client-id must be in "
+                          f"0..{config.partition.num_clients - 1} (partition.num_clients), "
+                          f"got {client_id}")
     data_cfg = replace(config.data, path=str(node_config[keys.NODE_DATA_PATH]))
     splits = load_dataset(data_cfg, seed=config.seed)
-    client_id = int(node_config.get("client-id", 0))
     return client_id, LocalData(splits.train.images, splits.train.labels,
                                 np.arange(len(splits.train)), splits.mean, splits.std,
                                 splits.num_classes, *_held_out(splits)), False

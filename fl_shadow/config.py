@@ -208,6 +208,11 @@ class AttackConfig:
         clients: partition ids whose updates are attacked; empty = every client.
         labels: ``given`` (the threat model hands the true labels to the attacker) or
             ``recover`` (labels inferred from the last layer's gradient).
+        bn_statistics: ``given`` (the attacker reads the BatchNorm running statistics in the
+            client's uploaded ``state_dict``, as FedAvg over the whole ``state_dict`` sends
+            them) or ``withheld`` (they are removed from what the attacker observes, e.g. a
+            deployment that keeps BatchNorm buffers local); an attack that needs them then
+            fails with ThreatModelError.
         max_images: cap on how many images one attack reconstructs; larger batches are skipped
             with a warning rather than attacked for hours.
         params: the attack's own parameters (validated by the attack).
@@ -217,6 +222,7 @@ class AttackConfig:
     rounds: tuple[int, ...] = (1,)
     clients: tuple[int, ...] = ()
     labels: Literal["given", "recover"] = "recover"
+    bn_statistics: Literal["given", "withheld"] = "given"
     max_images: int = 8
     params: Mapping[str, Any] = field(default_factory=dict)
 

@@ -15,3 +15,11 @@ class DataError(ConfigError):
 
 class ThreatModelError(RuntimeError):
     """An attack asked for something its configured threat model withholds."""
+
+
+class ResumeError(RuntimeError):
+    """A results folder cannot be resumed (no checkpoint, already completed, config changed).
+
+    The message names the folder and says why, in one line; ``fl-shadow resume`` prints it and
+    exits with status 2 before anything starts.
+    """

@@ -16,8 +16,10 @@ AUDIT = "audit"  # simulation only: JSON list of per-step global image indices
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_DATA_PATH = "data-path"
+NODE_CLIENT_ID = "client-id"  # deployment: the hospital's number, 0..num_clients-1
 
 # Run config (pyproject [tool.flwr.app.config])
 RUN_CONFIG_PATH = "config"
 RUN_OVERRIDES = "overrides"
 RUN_DIR = "run-dir"
+RUN_RESUME = "resume"  # continue run-dir from its checkpoint

@@ -13,6 +13,11 @@ everything up to its last completed step)::
       grids/round003_client01.png   originals (top) vs matched reconstructions (bottom)
       plots/utility.png, plots/privacy.png
       summary.md         the tables printed at the end
+      checkpoint.npz     the global model after the last completed round (fl_shadow/checkpoint)
+
+A resumed run (:class:`RunRecorder` with ``resume_after=k``) first drops every row of a round
+after ``k`` from each ``*.jsonl`` (the unfinished round's partial rows, written before the kill)
+and those rounds' grids, then appends to the same files, so nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -50,19 +55,44 @@ class RunRecorder:
         run_dir: the folder (created).
         config_yaml: the resolved config, saved as ``config.yaml``.
         num_rounds: total rounds (for status and progress lines).
+        resume_after: continue the folder of an interrupted run whose last completed round is
+            this one: rows of later rounds are dropped (:func:`drop_rows_after`), the kept rows
+            are read back for the final summary, ``seconds`` keeps counting from the earlier
+            attempts, and ``status.json`` lists it under ``resumed_after``. None: a new run.
     """
 
-    def __init__(self, run_dir: str | Path, config_yaml: str, num_rounds: int) -> None:
+    def __init__(self, run_dir: str | Path, config_yaml: str, num_rounds: int, *,
+                 resume_after: int | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config_yaml)
         self.num_rounds = num_rounds
         self.started = time.time()
         self.utility: list[dict[str, Any]] = []
         self.privacy: list[dict[str, Any]] = []
         self.fits: list[dict[str, Any]] = []
-        self._status("running", rounds_completed=0)
+        self.resumed_after: list[int] = []
+        if resume_after is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config_yaml)
+        else:
+            self._reopen(resume_after)
+        self._status("running", rounds_completed=resume_after or 0)
         log.info("results folder: %s", self.run_dir)
+
+    def _reopen(self, last_round: int) -> None:
+        status_file = self.run_dir / "status.json"
+        previous = json.loads(status_file.read_text()) if status_file.exists() else {}
+        self.started -= float(previous.get("seconds", 0.0))
+        self.resumed_after = [*previous.get("resumed_after", []), last_round]
+        drop_rows_after(self.run_dir, last_round)
+        self.utility = read_jsonl(self.run_dir / "utility.jsonl")
+        self.privacy = read_jsonl(self.run_dir / "privacy.jsonl")
+        self.fits = read_jsonl(self.run_dir / "fit.jsonl")
+        by_round: dict[int, list[dict[str, Any]]] = {}
+        for row in read_jsonl(self.run_dir / "client_utility.jsonl"):
+            by_round.setdefault(int(row["round"]), []).append(row)
+        for server_round, rows in by_round.items():
+            self._join_client_means(server_round, rows)
+        log.info("resuming %s after round %d/%d", self.run_dir, last_round, self.num_rounds)
 
     # -- rows -------------------------------------------------------------------------------
     def log_fit(self, server_round: int, client_id: int, num_examples: int,
@@ -93,16 +123,23 @@ class RunRecorder:
         means join the round's utility row as ``client_accuracy`` / ``client_macro_f1``."""
         for row in rows:
             self._append("client_utility.jsonl", {"round": server_round, **row})
+        means = self._join_client_means(server_round, rows)
+        if means:
+            log.info("round %d/%d: clients' own models: accuracy %.4f, macro-F1 %.4f",
+                     server_round, self.num_rounds, means["client_accuracy"],
+                     means["client_macro_f1"])
+
+    def _join_client_means(self, server_round: int,
+                           rows: list[dict[str, Any]]) -> dict[str, float]:
         total = sum(r["num_examples"] for r in rows)
         if not rows or total == 0:
-            return
+            return {}
         means = {f"client_{m}": sum(r[m] * r["num_examples"] for r in rows) / total
                  for m in ("accuracy", "macro_f1")}
         for row in self.utility:
             if row["round"] == server_round:
                 row.update(means)
-        log.info("round %d/%d: clients' own models: accuracy %.4f, macro-F1 %.4f", server_round,
-                 self.num_rounds, means["client_accuracy"], means["client_macro_f1"])
+        return means
 
     def log_attack(self, outcome: AttackOutcome, scores: Scores | None) -> None:
         rec = outcome.reconstruction
@@ -150,6 +187,8 @@ class RunRecorder:
     def _status(self, state: str, **extra: Any) -> None:
         status = {"state": state, "num_rounds": self.num_rounds,
                   "seconds": round(time.time() - self.started, 2), **extra}
+        if self.resumed_after:
+            status["resumed_after"] = self.resumed_after
         tmp = self.run_dir / "status.json.tmp"
         tmp.write_text(json.dumps(status))
         tmp.replace(self.run_dir / "status.json")
@@ -160,6 +199,43 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def drop_rows_after(run_dir: str | Path, last_round: int) -> int:
+    """Drop the rows of rounds after ``last_round`` from every ``*.jsonl`` of a results folder,
+    and those rounds' grids; returns how many rows were dropped.
+
+    Rows of a round the run did not finish were appended before it died; the resumed run writes
+    that round again. A line cut short by the kill is dropped too. Rows without a ``round`` are
+    kept. Each file is rewritten atomically (temporary file, then rename).
+    """
+    run_dir = Path(run_dir)
+    dropped = 0
+    for path in sorted(run_dir.glob("*.jsonl")):
+        kept: list[str] = []
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s: dropping a truncated line", path.name)
+                continue
+            if isinstance(row, dict) and int(row.get("round", 0)) > last_round:
+                continue
+            kept.append(line)
+        if len(kept) == len(lines):
+            continue
+        dropped += len(lines) - len(kept)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    for grid in (run_dir / "grids").glob("round*_client*.png"):
+        digits = grid.name[len("round"):].split("_", 1)[0]
+        if digits.isdigit() and int(digits) > last_round:
+            grid.unlink()
+    if dropped:
+        log.info("%s: dropped %d row(s) of rounds after %d", run_dir, dropped, last_round)
+    return dropped
 
 
 def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]],

@@ -4,7 +4,11 @@ Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config
 
 * ``config``: YAML experiment file, absolute or relative to the working directory or the app;
 * ``overrides``: dotted ``key=value`` items separated by ``;`` (``"train.rounds=5"``);
-* ``run-dir``: results folder to write (default: a new ``<output_dir>/<name>-<timestamp>``).
+* ``run-dir``: results folder to write (default: a new ``<output_dir>/<name>-<timestamp>``);
+* ``resume``: continue ``run-dir`` from its last checkpoint (``fl-shadow resume``): the
+  experiment is the folder's ``config.yaml`` (``config`` and ``overrides`` are ignored), Flower
+  starts from the checkpoint's weights and runs only the remaining rounds
+  (:mod:`fl_shadow.checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from flwr.serverapp import ServerApp
 from attacks import Prior
 from fl_shadow import flower_keys as keys
 from fl_shadow import metrics
+from fl_shadow.checkpoint import Checkpoint, keeps_client_state, prepare_resume
 from fl_shadow.config import ExperimentConfig, load_config, parse_overrides
 from fl_shadow.data import DatasetSplits, load_dataset
 from fl_shadow.defenses import DEFENSES
-from fl_shadow.errors import ConfigError
+from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.logs import route_to_flower
 from fl_shadow.models import build_model
 from fl_shadow.reference_classifier import train_reference_classifier
@@ -83,8 +88,13 @@ def make_evaluate_fn(config: ExperimentConfig, splits: DatasetSplits, build, dev
     return evaluate
 
 
-def build_strategy(config: ExperimentConfig, run_dir: Path) -> CuriousFedAvg:
-    """Everything the server needs, built from the config."""
+def build_strategy(config: ExperimentConfig, run_dir: Path, *,
+                   resume: Checkpoint | None = None) -> CuriousFedAvg:
+    """Everything the server needs, built from the config.
+
+    With ``resume``, the results folder of the interrupted run is continued from that
+    checkpoint (rows of the unfinished round dropped) instead of started afresh.
+    """
     torch.manual_seed(config.seed)
     device = resolve_device(config.train.device)
     splits = load_dataset(config.data, seed=config.seed)
@@ -107,7 +117,8 @@ def build_strategy(config: ExperimentConfig, run_dir: Path) -> CuriousFedAvg:
                           device=device)
     n = config.partition.num_clients
     s = config.strategy
-    recorder = RunRecorder(run_dir, config.to_yaml(), config.train.rounds)
+    recorder = RunRecorder(run_dir, config.to_yaml(), config.train.rounds,
+                           resume_after=resume.server_round if resume is not None else None)
     return CuriousFedAvg(
         experiment_yaml=config.to_yaml(), num_rounds=config.train.rounds, recorder=recorder,
         attack_hook=hook,
@@ -119,24 +130,52 @@ def build_strategy(config: ExperimentConfig, run_dir: Path) -> CuriousFedAvg:
         min_available_clients=min(s.min_available_clients, n),
         evaluate_fn=make_evaluate_fn(config, splits, build, device),
         initial_parameters=ndarrays_to_parameters(initial_arrays),
-        accept_failures=True,
+        accept_failures=True, resume=resume,
     )
+
+
+def is_resume(run_config: dict) -> bool:
+    """The ``resume`` run-config value (a TOML boolean, or its text from ``--run-config``)."""
+    value = run_config.get(keys.RUN_RESUME, False)
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1")
+
+
+def resume_from_run_config(run_config: dict) -> tuple[ExperimentConfig, Checkpoint, Path]:
+    """Config, checkpoint and folder of the run that ``resume`` continues."""
+    run_dir_value = str(run_config.get(keys.RUN_DIR, ""))
+    if not run_dir_value:
+        raise ResumeError("resume: set run-dir to the results folder to continue")
+    run_dir = Path(run_dir_value)
+    config, checkpoint = prepare_resume(run_dir)
+    if keeps_client_state(config.defense.name):
+        log.warning("defense %s keeps per-client state in Flower's node state, which this new "
+                    "federation starts empty: the resumed rounds will differ from an "
+                    "uninterrupted run", config.defense.name)
+    return config, checkpoint, run_dir
 
 
 def server_fn(context: Context) -> ServerAppComponents:
     route_to_flower()
+    run_config = dict(context.run_config)
+    checkpoint = None
     try:
-        config = config_from_run_config(dict(context.run_config))
-    except ConfigError as exc:
-        log.error("invalid experiment config: %s", exc)
+        if is_resume(run_config):
+            config, checkpoint, run_dir = resume_from_run_config(run_config)
+        else:
+            config = config_from_run_config(run_config)
+            run_dir_value = str(run_config.get(keys.RUN_DIR, ""))
+            run_dir = (Path(run_dir_value) if run_dir_value
+                       else new_run_dir(config.output_dir, config.name))
+    except (ConfigError, ResumeError) as exc:
+        log.error("cannot start: %s", exc)
         raise
-    run_dir_value = str(context.run_config.get(keys.RUN_DIR, ""))
-    run_dir = Path(run_dir_value) if run_dir_value else new_run_dir(config.output_dir, config.name)
-    strategy = build_strategy(config, run_dir)
-    log.info("experiment %r: %d clients, %d rounds, defense %s, attack %s", config.name,
+    strategy = build_strategy(config, run_dir, resume=checkpoint)
+    log.info("experiment %r: %d clients, %d rounds, defense %s, attack %s%s", config.name,
              config.partition.num_clients, config.train.rounds, config.defense.name,
-             config.attack.name)
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.train.rounds))
+             config.attack.name, "" if checkpoint is None else
+             f", resumed after round {checkpoint.server_round}")
+    return ServerAppComponents(strategy=strategy,
+                               config=ServerConfig(num_rounds=strategy.remaining_rounds))
 
 
 app = ServerApp(server_fn=server_fn)

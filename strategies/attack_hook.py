@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attacks import Attack, Observation, Prior, Reconstruction, build_attack
+from attacks import Attack, Observation, Prior, Reconstruction, bn_statistic_names, build_attack
 from fl_shadow import flower_keys as keys
 from fl_shadow.audit import AuditRecord, attacked_indices, decode_audit
 from fl_shadow.config import ExperimentConfig
@@ -56,6 +56,9 @@ class AttackHook:
         self.label_lookup = label_lookup
         self.attack: Attack = build_attack(config.attack.name, config.attack.params,
                                            device=device, seed=config.seed)
+        # Keys the threat model removes from the client's upload before the attack sees it.
+        self.withheld = (set(bn_statistic_names(prior.model_factory()))
+                         if config.attack.bn_statistics == "withheld" else set())
 
     def wants(self, server_round: int, client_id: int) -> bool:
         a = self.config.attack
@@ -78,7 +81,8 @@ class AttackHook:
             labels = self.label_lookup[attacked_indices(audit)]
         observation = Observation(
             global_state=_to_state(self.state_keys, global_arrays),
-            client_state=_to_state(self.state_keys, client_arrays),
+            client_state={k: v for k, v in _to_state(self.state_keys, client_arrays).items()
+                          if k not in self.withheld},
             num_examples=num_examples,
             training=plan,
             num_images=plan.num_distinct_images(num_examples),

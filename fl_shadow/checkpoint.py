@@ -1,0 +1,232 @@
+"""Checkpoint and resume: the server's state after each completed round, and how a killed run
+continues from it.
+
+After every completed round (global model aggregated, evaluated and, for a defense with a private
+model, evaluated by the clients) the server writes ``<run_dir>/checkpoint.npz`` atomically (a
+temporary file, fsynced, then renamed over the old one), so a kill at any instant leaves either
+the previous round's checkpoint or the new one, never a torn file. It holds:
+
+* the global model's arrays, in ``state_dict`` order (FedAvg keeps no other server state);
+* the round it closes and the run's total rounds;
+* the SHA-256 of the resolved config (``config.yaml``), so a folder whose config was edited
+  afterwards is not continued as if it were the same experiment;
+* the server process's random states (torch CPU, NumPy's global generator, Python's ``random``).
+  Nothing in the server draws from them after set-up today (the attack seeds its own generator
+  per update, evaluation is deterministic), but a resumed server rebuilds everything from the
+  config, which reseeds them; restoring them keeps any future draw identical too.
+
+:func:`prepare_resume` checks a folder (config readable, run not completed, checkpoint present
+and made from this config); the ServerApp then starts Flower with the checkpoint's weights as
+initial parameters and only the remaining rounds, and :class:`~strategies.curious_fedavg.
+CuriousFedAvg` numbers them from ``checkpoint.server_round + 1``, because clients derive their
+per-round randomness from ``(seed, client_id, server_round)``.
+
+What resumes exactly, and what does not:
+
+* Stateless clients (no defense, ``dp``, ``clipping``, ``sparsification``, ``soteria``,
+  ``outpost``): the resumed run ends with the same numbers as an uninterrupted one under the same
+  seed (tested, in-process and with a real Flower simulation).
+* Defenses that keep client state between rounds in Flower's node state (``context.state``:
+  ``shadow``, ``fedkl``, ``latent_minimax``, ``censor``): the clients are other processes, on
+  other machines in deployment, and a new simulation starts them empty, so a resumed run differs
+  from an uninterrupted one (e.g. the shadow defense refits its latent codes, FedKL draws new
+  keys). :func:`keeps_client_state` finds them; ``fl-shadow resume`` refuses them unless told
+  that this loss is acceptable, and the server logs a warning.
+* Client sampling with ``strategy.fraction_fit < 1`` uses Flower's sampler over node ids that a
+  new simulation assigns afresh, so which clients take part after the resume can differ (such
+  runs are not reproducible from scratch either).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fl_shadow.config import ExperimentConfig, load_config
+from fl_shadow.errors import ResumeError
+
+
+CHECKPOINT_FILE = "checkpoint.npz"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RngState:
+    """The server process's random states.
+
+    Attributes:
+        torch_cpu: ``torch.get_rng_state()`` as uint8.
+        numpy_keys, numpy_pos, numpy_has_gauss, numpy_cached_gaussian: NumPy's legacy global
+            MT19937 (``np.random.get_state()``).
+        python_words, python_gauss_next: ``random.getstate()`` (version 3: 624 words + index).
+    """
+
+    torch_cpu: np.ndarray
+    numpy_keys: np.ndarray
+    numpy_pos: int
+    numpy_has_gauss: int
+    numpy_cached_gaussian: float
+    python_words: np.ndarray
+    python_gauss_next: float | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The server's state after a completed round.
+
+    Attributes:
+        server_round: the last completed round (>= 1).
+        num_rounds: the run's total rounds.
+        config_sha256: digest of the resolved config (:func:`config_digest`).
+        arrays: the global model, one array per ``state_dict`` entry, in order.
+        rng: the server process's random states at the end of the round.
+    """
+
+    server_round: int
+    num_rounds: int
+    config_sha256: str
+    arrays: list[np.ndarray]
+    rng: RngState
+
+
+def config_digest(config_yaml: str) -> str:
+    """SHA-256 of the resolved config's YAML text (what ``config.yaml`` holds)."""
+    return hashlib.sha256(config_yaml.encode()).hexdigest()
+
+
+def capture_rng() -> RngState:
+    """The current torch CPU, NumPy global and Python ``random`` states."""
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, words, gauss_next = random.getstate()
+    if version != 3:
+        raise RuntimeError(f"unsupported Python random state version {version}")
+    return RngState(torch_cpu=torch.get_rng_state().numpy().copy(),
+                    numpy_keys=np.asarray(keys, dtype=np.uint32).copy(), numpy_pos=int(pos),
+                    numpy_has_gauss=int(has_gauss), numpy_cached_gaussian=float(cached),
+                    python_words=np.asarray(words, dtype=np.uint64),
+                    python_gauss_next=gauss_next)
+
+
+def restore_rng(state: RngState) -> None:
+    """Put back what :func:`capture_rng` returned."""
+    torch.set_rng_state(torch.from_numpy(state.torch_cpu.astype(np.uint8)))
+    np.random.set_state(("MT19937", state.numpy_keys.astype(np.uint32), state.numpy_pos,
+                         state.numpy_has_gauss, state.numpy_cached_gaussian))
+    random.setstate((3, tuple(int(w) for w in state.python_words), state.python_gauss_next))
+
+
+def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> Path:
+    """Write ``<run_dir>/checkpoint.npz`` atomically; returns its path."""
+    run_dir = Path(run_dir)
+    rng = checkpoint.rng
+    meta = {"format": FORMAT_VERSION, "server_round": checkpoint.server_round,
+            "num_rounds": checkpoint.num_rounds, "config_sha256": checkpoint.config_sha256,
+            "num_arrays": len(checkpoint.arrays), "numpy_pos": rng.numpy_pos,
+            "numpy_has_gauss": rng.numpy_has_gauss,
+            "numpy_cached_gaussian": rng.numpy_cached_gaussian,
+            "python_gauss_next": rng.python_gauss_next}
+    entries: dict[str, np.ndarray] = {
+        "meta": np.array(json.dumps(meta)),
+        "rng_torch_cpu": rng.torch_cpu, "rng_numpy_keys": rng.numpy_keys,
+        "rng_python_words": rng.python_words,
+    }
+    entries.update({f"array_{i:04d}": np.asarray(a) for i, a in enumerate(checkpoint.arrays)})
+    path = run_dir / CHECKPOINT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **entries)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """Read ``<run_dir>/checkpoint.npz``.
+
+    Raises:
+        ResumeError: no checkpoint, or one this version cannot read.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ResumeError(f"{run_dir}: no {CHECKPOINT_FILE}: the run did not complete a round "
+                          "(or predates checkpoints); start it again with fl-shadow run")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != FORMAT_VERSION:
+                raise ResumeError(f"{path}: checkpoint format {meta.get('format')!r}, this "
+                                  f"version reads {FORMAT_VERSION}")
+            arrays = [data[f"array_{i:04d}"] for i in range(int(meta["num_arrays"]))]
+            rng = RngState(torch_cpu=data["rng_torch_cpu"], numpy_keys=data["rng_numpy_keys"],
+                           numpy_pos=int(meta["numpy_pos"]),
+                           numpy_has_gauss=int(meta["numpy_has_gauss"]),
+                           numpy_cached_gaussian=float(meta["numpy_cached_gaussian"]),
+                           python_words=data["rng_python_words"],
+                           python_gauss_next=meta["python_gauss_next"])
+    except ResumeError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ResumeError(f"{path}: unreadable checkpoint: {exc}") from None
+    return Checkpoint(server_round=int(meta["server_round"]),
+                      num_rounds=int(meta["num_rounds"]),
+                      config_sha256=str(meta["config_sha256"]), arrays=arrays, rng=rng)
+
+
+def read_status(run_dir: str | Path) -> dict[str, object]:
+    """``status.json`` of a results folder (``{"state": "missing"}`` when absent)."""
+    path = Path(run_dir) / "status.json"
+    if not path.is_file():
+        return {"state": "missing"}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {"state": "unreadable"}
+
+
+def prepare_resume(run_dir: str | Path) -> tuple[ExperimentConfig, Checkpoint]:
+    """Check that a results folder can be resumed; returns its config and last checkpoint.
+
+    Reads nothing but the folder: its ``config.yaml`` (the resolved config the run started with)
+    is the experiment, whatever the command line says. Changes nothing on disk.
+
+    Raises:
+        ResumeError: no such folder, the run completed, no checkpoint, or the config changed
+            since the checkpoint was written.
+        ConfigError: ``config.yaml`` is not a valid config.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResumeError(f"{run_dir}: no such results folder")
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ResumeError(f"{run_dir}: no config.yaml; not a results folder of fl-shadow run")
+    config = load_config(config_file)
+    status = read_status(run_dir)
+    if status.get("state") == "completed":
+        raise ResumeError(f"{run_dir}: the run already completed all {config.train.rounds} "
+                          "rounds; nothing to resume")
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint.config_sha256 != config_digest(config.to_yaml()):
+        raise ResumeError(f"{run_dir}: config.yaml differs from the config the checkpoint was "
+                          "written with; a changed experiment cannot continue this run")
+    if checkpoint.server_round >= config.train.rounds:
+        raise ResumeError(f"{run_dir}: the checkpoint already closes the last round "
+                          f"({checkpoint.server_round}/{config.train.rounds}); nothing to resume")
+    return config, checkpoint
+
+
+def keeps_client_state(defense_name: str) -> bool:
+    """Whether the defense keeps state on the clients between rounds (Flower's node state),
+    which a resumed simulation starts empty: its class overrides ``Defense.state_dict``."""
+    from fl_shadow.defenses import DEFENSES, Defense
+
+    return DEFENSES.get(defense_name).factory.state_dict is not Defense.state_dict

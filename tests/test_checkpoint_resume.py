@@ -1,0 +1,529 @@
+"""Checkpoint and resume: a run that dies after round k and is resumed ends with the numbers of an
+uninterrupted run under the same seed.
+
+Most tests drive Flower's own legacy server loop (``flwr.server.Server``, the one the ServerApp
+runs) in-process with the real strategy (``build_strategy``) and the real defended clients, so
+they need no Ray; one end-to-end test kills a real ``fl-shadow run`` after round 1 and resumes
+it with ``fl-shadow resume``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from flwr.common import (
+    Code,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server import Server
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+
+import fl_shadow.server_app as server_app
+from clients.defended import DefendedClient
+from fl_shadow import flower_keys as keys
+from fl_shadow.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    capture_rng,
+    config_digest,
+    keeps_client_state,
+    load_checkpoint,
+    prepare_resume,
+    restore_rng,
+    save_checkpoint,
+)
+from fl_shadow.cli import main as cli_main
+from fl_shadow.client_app import load_local_data
+from fl_shadow.config import ExperimentConfig, load_config
+from fl_shadow.errors import ResumeError
+from fl_shadow.report import RunRecorder, drop_rows_after, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "name=tiny", "seed=5", "data.image_size=16", "partition.scheme=sizes",
+    "partition.num_clients=2", "partition.sizes=[2, 6]", "partition.batch_sizes=[1, 3]",
+    "model.width=4", "train.rounds=3", "train.device=cpu", "strategy.min_fit_clients=2",
+    "strategy.min_available_clients=2", "attack.rounds=[2, 3]", "attack.clients=[0]",
+    "attack.params.iterations=4", "attack.params.progress=false",
+]
+# Wall-clock fields: the only ones allowed to differ between two runs of the same seed.
+TIMINGS = ("fit_seconds", "attack_seconds")
+
+
+def tiny_config(*extra: str) -> ExperimentConfig:
+    return load_config(None, [*TINY, *extra])
+
+
+_REFERENCES: dict[tuple, torch.nn.Module] = {}
+
+
+@pytest.fixture(autouse=True)
+def _train_reference_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference classifier is a deterministic function of the public split and the seed
+    (used in eval mode only); train it once for this module instead of once per server start."""
+    train = server_app.train_reference_classifier
+
+    def once(public, *, seed: int, **kwargs):  # type: ignore[no-untyped-def]
+        key = (tuple(public.images.shape), seed)
+        if key not in _REFERENCES:
+            _REFERENCES[key] = train(public, seed=seed, **kwargs)
+        return _REFERENCES[key]
+
+    monkeypatch.setattr(server_app, "train_reference_classifier", once)
+
+
+# ---- an in-process federation on Flower's legacy server loop ---------------------------------
+class InProcessClient(ClientProxy):
+    """A ClientProxy that calls a DefendedClient directly (what a SuperNode does remotely)."""
+
+    def __init__(self, cid: str, client: DefendedClient) -> None:
+        super().__init__(cid)
+        self.client = client
+
+    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+        arrays, n, metrics = self.client.fit(parameters_to_ndarrays(ins.parameters), ins.config)
+        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)
+
+    def evaluate(self, ins: EvaluateIns, timeout: float | None,
+                 group_id: int | None) -> EvaluateRes:
+        loss, n, metrics = self.client.evaluate(parameters_to_ndarrays(ins.parameters),
+                                                ins.config)
+        return EvaluateRes(Status(Code.OK, ""), loss, n, metrics)
+
+    def get_properties(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def get_parameters(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+class Killed(Exception):
+    """Stands in for the process dying in the middle of a round."""
+
+
+def run_federation(config: ExperimentConfig, run_dir: Path, *, resume: Checkpoint | None = None,
+                   die_in_round: int | None = None) -> list[np.ndarray]:
+    """Run (or continue) the federation; returns the final global model.
+
+    Fresh clients with empty node state every call, as in a new federation after a restart.
+    ``die_in_round``: the central evaluation of that round raises, after the round's fit and
+    attack rows were written.
+    """
+    strategy = server_app.build_strategy(config, run_dir, resume=resume)
+    if die_in_round is not None:
+        evaluate_fn = strategy.evaluate_fn
+
+        def dying(server_round, arrays, cfg):  # type: ignore[no-untyped-def]
+            if server_round == die_in_round:
+                raise Killed(f"killed in round {server_round}")
+            return evaluate_fn(server_round, arrays, cfg)
+
+        strategy.evaluate_fn = dying
+    server = Server(client_manager=SimpleClientManager(), strategy=strategy)
+    server.set_max_workers(1)  # in-process clients share torch's global RNG: one at a time
+    for cid in range(config.partition.num_clients):
+        node = {keys.NODE_PARTITION_ID: cid,
+                keys.NODE_NUM_PARTITIONS: config.partition.num_clients}
+        client_id, data, _ = load_local_data(config, node)
+        context = Context(run_id=1, node_id=cid, node_config=node, state=RecordDict(),
+                          run_config={})
+        client = DefendedClient(config, client_id, data, context, send_audit=True)
+        server.client_manager().register(InProcessClient(str(cid), client))
+    server.fit(strategy.remaining_rounds, timeout=None)
+    return parameters_to_ndarrays(server.parameters)
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    for name in ("utility.jsonl", "fit.jsonl", "privacy.jsonl", "client_utility.jsonl"):
+        assert without_timings(read_jsonl(a / name)) == without_timings(read_jsonl(b / name)), name
+    ckpt_a, ckpt_b = load_checkpoint(a), load_checkpoint(b)
+    assert ckpt_a.server_round == ckpt_b.server_round
+    assert all(np.array_equal(x, y) for x, y in zip(ckpt_a.arrays, ckpt_b.arrays, strict=True))
+    utility_table = lambda p: (p / "summary.md").read_text().split("## Privacy")[0]  # noqa: E731
+    assert utility_table(a) == utility_table(b)
+
+
+# ---- resume in-process ---------------------------------------------------------------------
+def test_run_dying_in_round_2_resumes_to_the_uninterrupted_numbers(tmp_path: Path) -> None:
+    config = tiny_config()
+    whole = tmp_path / "whole"
+    final_whole = run_federation(config, whole)
+
+    broken = tmp_path / "broken"
+    with pytest.raises(Killed):
+        run_federation(config, broken, die_in_round=2)
+    status = json.loads((broken / "status.json").read_text())
+    assert status["state"] == "failed" and status["rounds_completed"] == 1
+    assert load_checkpoint(broken).server_round == 1
+    # The dead round left partial rows behind (its fits and its attack), and a torn line.
+    assert {r["round"] for r in read_jsonl(broken / "fit.jsonl")} == {1, 2}
+    assert [r["round"] for r in read_jsonl(broken / "privacy.jsonl")] == [2]
+    with (broken / "fit.jsonl").open("a") as f:
+        f.write('{"round": 2, "client": 1, "num_ex')
+
+    resumed_config, checkpoint = prepare_resume(broken)
+    assert resumed_config == config and checkpoint.server_round == 1
+    final_resumed = run_federation(resumed_config, broken, resume=checkpoint)
+
+    assert all(np.array_equal(x, y) for x, y in zip(final_whole, final_resumed, strict=True))
+    assert_same_results(whole, broken)
+    assert [r["round"] for r in read_jsonl(broken / "utility.jsonl")] == [0, 1, 2, 3]
+    assert sorted((r["round"], r["client"]) for r in read_jsonl(broken / "fit.jsonl")) == [
+        (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    assert [(r["round"], r["client"]) for r in read_jsonl(broken / "privacy.jsonl")] == [
+        (2, 0), (3, 0)]
+    status = json.loads((broken / "status.json").read_text())
+    assert status["state"] == "completed" and status["rounds_completed"] == 3
+    assert status["resumed_after"] == [1]
+    assert load_checkpoint(broken).server_round == 3
+
+
+def test_resume_numbers_rounds_from_the_checkpoint(tmp_path: Path) -> None:
+    """Clients must see rounds k+1.. (their randomness and the defenses' schedules depend on
+    it), and round 0 is not evaluated or recorded again."""
+    config = tiny_config("attack.name=none", "train.rounds=4")
+    run_dir = tmp_path / "run"
+    with pytest.raises(Killed):
+        run_federation(config, run_dir, die_in_round=3)
+    _, checkpoint = prepare_resume(run_dir)
+    assert checkpoint.server_round == 2
+
+    seen: list[tuple[int, int]] = []
+    fit = DefendedClient.fit
+
+    def spy(self, parameters, cfg):  # type: ignore[no-untyped-def]
+        seen.append((int(cfg[keys.SERVER_ROUND]), int(cfg[keys.NUM_ROUNDS])))
+        return fit(self, parameters, cfg)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DefendedClient, "fit", spy)
+        run_federation(config, run_dir, resume=checkpoint)
+    assert sorted(set(seen)) == [(3, 4), (4, 4)]
+    assert [r["round"] for r in read_jsonl(run_dir / "utility.jsonl")] == [0, 1, 2, 3, 4]
+
+
+def test_federated_evaluation_closes_the_round_before_the_checkpoint(tmp_path: Path) -> None:
+    """With a private-model defense the round ends after the clients' own evaluation: the
+    checkpoint follows it, and the resumed summary keeps the clients' columns."""
+    config = tiny_config("attack.name=none", "defense.name=fedkl",
+                         "defense.params.key_length=8")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run_federation(config, whole)
+    with pytest.raises(Killed):
+        run_federation(config, broken, die_in_round=3)
+    assert load_checkpoint(broken).server_round == 2
+    assert {r["round"] for r in read_jsonl(broken / "client_utility.jsonl")} == {1, 2}
+    _, checkpoint = prepare_resume(broken)
+    run_federation(config, broken, resume=checkpoint)
+    summary = (broken / "summary.md").read_text()
+    assert "clients' accuracy" in summary
+    # Rounds 1-2 ran with the same client state as the whole run: identical rows up to there.
+    for name in ("utility.jsonl", "client_utility.jsonl"):
+        assert [r for r in read_jsonl(broken / name) if r["round"] <= 2] == \
+            [r for r in read_jsonl(whole / name) if r["round"] <= 2]
+    utility = summary.split("## Privacy")[0]
+    table = [line for line in utility.splitlines() if line.startswith("| 3 |")]
+    assert len(table) == 1 and table[0].count("|") == 7 and "nan" not in table[0]
+    # What resume cannot restore: the clients' keys lived in their node state, and the new
+    # federation's clients draw new ones in round 3, so round 3 differs from the whole run.
+    last = [[r for r in read_jsonl(d / "client_utility.jsonl") if r["round"] == 3]
+            for d in (whole, broken)]
+    assert last[0] != last[1]
+
+
+# ---- the checkpoint file -------------------------------------------------------------------
+def test_checkpoint_round_trips_weights_and_random_states(tmp_path: Path) -> None:
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(7, dtype=np.int64),
+              np.zeros(0, dtype=np.float32)]
+    torch.manual_seed(1), np.random.seed(2)
+    import random
+    random.seed(3)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    state = capture_rng()
+    expected = (torch.rand(3), np.random.rand(3), random.random(), random.gauss(0, 1))
+    path = save_checkpoint(tmp_path, Checkpoint(server_round=4, num_rounds=9,
+                                                config_sha256="ab", arrays=arrays, rng=state))
+    assert path == tmp_path / CHECKPOINT_FILE
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]  # no temporary left
+
+    loaded = load_checkpoint(tmp_path)
+    assert (loaded.server_round, loaded.num_rounds, loaded.config_sha256) == (4, 9, "ab")
+    assert [a.dtype for a in loaded.arrays] == [a.dtype for a in arrays]
+    assert all(np.array_equal(x, y) for x, y in zip(loaded.arrays, arrays, strict=True))
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    restore_rng(loaded.rng)
+    again = (torch.rand(3), np.random.rand(3), random.random(), random.gauss(0, 1))
+    assert torch.equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
+    assert again[2:] == expected[2:]
+
+
+def test_drop_rows_after_keeps_finished_rounds_and_unrounded_rows(tmp_path: Path) -> None:
+    (tmp_path / "fit.jsonl").write_text(
+        '{"round": 1, "client": 0}\n{"round": 2, "client": 0}\n{"round": 2, "cl')
+    (tmp_path / "notes.jsonl").write_text('{"note": "no round"}\n{"round": 0}\n')
+    (tmp_path / "grids").mkdir()
+    for name in ("round001_client00.png", "round002_client00.png"):
+        (tmp_path / "grids" / name).write_bytes(b"png")
+    assert drop_rows_after(tmp_path, 1) == 2
+    assert read_jsonl(tmp_path / "fit.jsonl") == [{"round": 1, "client": 0}]
+    assert read_jsonl(tmp_path / "notes.jsonl") == [{"note": "no round"}, {"round": 0}]
+    assert [p.name for p in (tmp_path / "grids").iterdir()] == ["round001_client00.png"]
+    assert drop_rows_after(tmp_path, 1) == 0
+
+
+def test_recorder_reopened_after_a_round_carries_rows_and_time(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path, "name: x\n", 3)
+    recorder.log_utility(0, 1.0, {"accuracy": 0.1, "macro_f1": 0.1})
+    recorder.log_utility(1, 0.5, {"accuracy": 0.5, "macro_f1": 0.4})
+    recorder.log_fit(2, 0, 4, {"train-loss": 0.3})
+    status = json.loads((tmp_path / "status.json").read_text())
+    status["seconds"] = 100.0
+    (tmp_path / "status.json").write_text(json.dumps(status))
+
+    reopened = RunRecorder(tmp_path, "name: x\n", 3, resume_after=1)
+    assert [r["round"] for r in reopened.utility] == [0, 1] and reopened.fits == []
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "running" and status["rounds_completed"] == 1
+    assert status["seconds"] >= 100.0 and status["resumed_after"] == [1]
+
+
+# ---- what cannot be resumed ----------------------------------------------------------------
+def _folder_with_checkpoint(tmp_path: Path, config: ExperimentConfig, *, state: str,
+                            server_round: int = 1) -> Path:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config.to_yaml())
+    (run_dir / "status.json").write_text(json.dumps({"state": state}))
+    save_checkpoint(run_dir, Checkpoint(server_round=server_round,
+                                        num_rounds=config.train.rounds,
+                                        config_sha256=config_digest(config.to_yaml()),
+                                        arrays=[np.zeros(2, np.float32)], rng=capture_rng()))
+    return run_dir
+
+
+def _cli_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert cli_main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_resume_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config()
+    assert _cli_error(capsys, "resume", str(tmp_path / "nope")) == \
+        f"fl-shadow: {tmp_path / 'nope'}: no such results folder"
+
+    run_dir = _folder_with_checkpoint(tmp_path, config, state="failed")
+    (run_dir / CHECKPOINT_FILE).unlink()
+    assert _cli_error(capsys, "resume", str(run_dir)) == (
+        f"fl-shadow: {run_dir}: no {CHECKPOINT_FILE}: the run did not complete a round (or "
+        "predates checkpoints); start it again with fl-shadow run")
+
+    (run_dir / "status.json").write_text(json.dumps({"state": "completed"}))
+    assert _cli_error(capsys, "resume", str(run_dir)) == \
+        f"fl-shadow: {run_dir}: the run already completed all 3 rounds; nothing to resume"
+
+
+def test_resume_refuses_a_changed_config_and_a_finished_checkpoint(tmp_path: Path) -> None:
+    config = tiny_config()
+    run_dir = _folder_with_checkpoint(tmp_path, config, state="running")
+    assert prepare_resume(run_dir)[1].server_round == 1
+    (run_dir / "config.yaml").write_text(config.to_yaml().replace("seed: 5", "seed: 6", 1))
+    with pytest.raises(ResumeError, match="config.yaml differs from the config the checkpoint"):
+        prepare_resume(run_dir)
+    run_dir = _folder_with_checkpoint(tmp_path / "b", config, state="running", server_round=3)
+    with pytest.raises(ResumeError, match=r"already closes the last round \(3/3\)"):
+        prepare_resume(run_dir)
+
+
+def test_resume_refuses_defenses_with_client_state(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert [keeps_client_state(n) for n in ("none", "dp", "clipping", "shadow", "fedkl",
+                                             "latent_minimax", "censor")] == \
+        [False, False, False, True, True, True, True]
+    run_dir = _folder_with_checkpoint(tmp_path, tiny_config("defense.name=fedkl"),
+                                      state="failed")
+    err = _cli_error(capsys, "resume", str(run_dir))
+    assert err.startswith("fl-shadow: defense.name: fedkl keeps per-client state")
+    assert err.endswith("pass --allow-client-state-loss to resume anyway")
+
+
+def test_strategy_rejects_a_checkpoint_with_nothing_left(tmp_path: Path) -> None:
+    from strategies.curious_fedavg import CuriousFedAvg
+
+    checkpoint = Checkpoint(server_round=2, num_rounds=2, config_sha256="",
+                            arrays=[np.zeros(1, np.float32)], rng=capture_rng())
+    with pytest.raises(ValueError, match="checkpoint closes round 2, the run has 2"):
+        CuriousFedAvg(experiment_yaml="", num_rounds=2, resume=checkpoint,
+                      recorder=RunRecorder(tmp_path, "", 2))
+
+
+# ---- end to end: a real `fl-shadow run` killed after round 1, then `fl-shadow resume` --------
+E2E = """\
+name: tiny
+seed: 3
+data: {dataset: mni152, image_size: 16, channels: 1}
+partition: {scheme: sizes, num_clients: 2, sizes: [2, 6], batch_sizes: [1, 3]}
+model: {name: convnet, width: 4}
+train: {rounds: 3, lr: 0.01, device: cpu}
+strategy: {min_fit_clients: 2, min_available_clients: 2}
+attack:
+  name: inverting_gradients
+  rounds: [2]
+  clients: [0]
+  params: {iterations: 400, progress: false}
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_simulation(http_port: str) -> int:
+    """SIGKILL the simulation process of this test's SuperLink (the ServerApp and the Ray
+    cluster with the clients) and everything under it: the run dies as on a lost machine."""
+    killed = 0
+    for pid in _pids_mentioning("flwr-simulation", f"127.0.0.1:{http_port}"):
+        for victim in [pid, *_descendants(pid)]:
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def flower_env(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A private Flower home and SuperLink ports (as in test_simulation_e2e); the SuperLink the
+    runs start is stopped afterwards."""
+    http_port, control_port = _free_port(), _free_port()
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "FLWR_TELEMETRY_ENABLED": "0",
+           "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    yield env
+    for pid in _pids_mentioning(f"127.0.0.1:{control_port}"):
+        for victim in [pid, *_descendants(pid)]:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except OSError:
+                pass
+    time.sleep(1)
+
+
+def _pids_mentioning(marker: str, *also: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and all(a in cmdline for a in also):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _fl_shadow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fl_shadow.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
+        tmp_path: Path, flower_env: dict[str, str]) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(E2E)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _fl_shadow(flower_env, "run", str(config), "--run-dir", str(whole))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # Same experiment; killed while round 2's attack runs (round 1 checkpointed, round 2's
+    # fit row of client 0 already written).
+    runner = subprocess.Popen([sys.executable, "-m", "fl_shadow.cli", "run", str(config),
+                               "--run-dir", str(killed)], cwd=ROOT, env=flower_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r["round"] == 2 for r in _rows(killed / "fit.jsonl")):
+            assert runner.poll() is None and time.monotonic() < deadline, "run ended early"
+            time.sleep(0.2)
+        assert _kill_simulation(flower_env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]) > 0
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+    assert json.loads((killed / "status.json").read_text())["state"] == "running"
+    assert load_checkpoint(killed).server_round == 1
+    assert any(r["round"] == 2 for r in _rows(killed / "fit.jsonl"))  # the dead round's rows
+
+    proc = _fl_shadow(flower_env, "resume", str(killed))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming 'tiny' after round 1/3" in proc.stdout
+    assert_same_results(whole, killed)
+    status = json.loads((killed / "status.json").read_text())
+    assert status["state"] == "completed" and status["resumed_after"] == [1]
+    assert sorted((r["round"], r["client"]) for r in read_jsonl(killed / "fit.jsonl")) == [
+        (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+
+    assert _fl_shadow(flower_env, "resume", str(killed)).stderr.strip() == \
+        f"fl-shadow: {killed}: the run already completed all 3 rounds; nothing to resume"
+
+
+def _rows(path: Path) -> list[dict]:
+    """Rows of a file another process is appending to (a torn last line is skipped)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
