@@ -7,10 +7,12 @@ Importing this package registers every attack module. The flat API::
     reconstruction = attack.reconstruct(observation, prior)
 """
 
-from attacks import dlg, gradinversion, idlg, inverting_gradients  # noqa: F401  (registers)
+from attacks import dlg, ggl, gias, gradinversion, idlg, inverting_gradients  # noqa: F401  (registers)
+from attacks.adaptive import DefenseModel, defense_model, describe_defense
 from attacks.base import (
     ATTACKS,
     Attack,
+    DefenseKnowledge,
     AttackSpec,
     Observation,
     Prior,
@@ -23,6 +25,8 @@ from attacks.base import (
 )
 from attacks.bn_prior import BatchNormRecorder, BatchNormReference, bn_prior
 from attacks.dlg import DLG, DLGParams
+from attacks.ggl import GGL, GGLParams
+from attacks.gias import GIAS, GIASParams
 from attacks.gradinversion import GradInversion, GradInversionParams
 from attacks.idlg import IDLG, IDLGParams
 from attacks.inverting_gradients import (
@@ -46,10 +50,11 @@ from attacks.replay import UpdateReplay, simulate_update, step_slots
 
 __all__ = [
     "ATTACKS", "Attack", "AttackSpec", "BatchNormRecorder", "BatchNormReference", "DLG",
-    "DLGParams", "GradInversion", "GradInversionParams", "IDLG", "IDLGParams",
+    "DLGParams", "DefenseKnowledge", "DefenseModel", "GGL", "GGLParams", "GIAS", "GIASParams",
+    "GradInversion", "GradInversionParams", "IDLG", "IDLGParams",
     "InvertingGradients", "InvertingGradientsParams", "MatchingProblem", "Observation", "Prior",
     "Reconstruction", "ThreatModelNeeds", "UpdateReplay", "bn_prior", "bn_statistic_names",
-    "build_attack", "check_threat_model", "cosine_cost", "l2_cost", "label_placements",
+    "build_attack", "check_threat_model", "cosine_cost", "defense_model", "describe_defense", "l2_cost", "label_placements",
     "layer_weights", "lr_milestones", "prepare_matching", "recover_label_idlg",
     "recover_labels", "recover_labels_bias_corrected", "recover_labels_from_update",
     "recover_labels_support", "recover_labels_yin", "register_attack", "remove_weight_decay",

@@ -22,6 +22,24 @@ from fl_shadow.training import LocalTraining
 
 
 @dataclass(frozen=True)
+class DefenseKnowledge:
+    """What an adaptive attacker knows of the clients' defense: public facts only.
+
+    Attributes:
+        name: the registered defense name.
+        params: its parameters as configured, defaults filled in (the protocol is public; a
+            client's random draws, keys and state are not part of this).
+        server_round: the round of the observed update (defenses schedule on it).
+        num_rounds: the run's total rounds.
+    """
+
+    name: str
+    params: Mapping[str, Any]
+    server_round: int = 1
+    num_rounds: int = 1
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the server received from one client in one round, plus what it sent.
 
@@ -38,6 +56,8 @@ class Observation:
         labels: the batch's labels, only when the threat model hands them to the attacker
             (``attack.labels: given``); otherwise None and the attack recovers them.
         server_round: 1-based round number.
+        defense: the clients' defense and its public parameters, only when the threat model
+            gives them to an adaptive attacker (``attack.adaptive: true``).
     """
 
     global_state: Mapping[str, torch.Tensor]
@@ -47,6 +67,7 @@ class Observation:
     num_images: int
     labels: torch.Tensor | None = None
     server_round: int = 1
+    defense: DefenseKnowledge | None = None
 
     def parameter_update(self, model: nn.Module) -> list[torch.Tensor]:
         """``client - global`` for each trainable parameter, in ``model.parameters()`` order."""
@@ -70,6 +91,10 @@ class Prior:
         mean, std: the normalization the clients apply (public: part of the protocol).
         public_images: public images disjoint from the clients' data, ``(M, C, H, W)`` in
             [0, 1], for generative priors; may be None.
+        generator: the project's image generator pretrained on ``public_images`` only
+            (:mod:`fl_shadow.generative`), for generative-prior attacks (GGL, GIAS); None when
+            the configured attack does not use one. Output ``[-1, 1]``, see
+            :func:`fl_shadow.generative.to_unit`.
     """
 
     model_factory: Callable[[], nn.Module]
@@ -78,6 +103,7 @@ class Prior:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     public_images: torch.Tensor | None = None
+    generator: nn.Module | None = None
 
 
 @dataclass(frozen=True)

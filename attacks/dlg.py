@@ -154,7 +154,7 @@ class DLG(MatchingAttack):
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
                                    needs=self.needs, max_images=p.max_images,
-                                   label_strategy=self.label_strategy())
+                                   label_strategy=self.label_strategy(), seed=self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         lr2 = observation.training.lr ** 2
         best: _Best | None = None

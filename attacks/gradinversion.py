@@ -242,7 +242,7 @@ class GradInversion(MatchingAttack):
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
                                    needs=self.needs, max_images=p.max_images,
-                                   label_strategy=p.label_strategy)
+                                   label_strategy=p.label_strategy, seed=self.seed)
         labels = problem.labels
         assert labels is not None  # a label strategy is given
         reference = self._reference(problem, observation)

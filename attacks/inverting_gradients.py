@@ -155,7 +155,7 @@ class InvertingGradients(MatchingAttack):
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
                                    needs=self.needs, max_images=p.max_images,
-                                   label_strategy=p.label_strategy)
+                                   label_strategy=p.label_strategy, seed=self.seed)
         labels, recovered, replay = problem.labels, problem.labels_recovered, problem.replay
         assert labels is not None  # a label strategy is given
         target = problem.target

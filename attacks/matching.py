@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from attacks.adaptive import defense_model
 from attacks.base import Observation, Prior, ThreatModelNeeds, check_threat_model
 from attacks.label_recovery import LabelStrategy, recover_labels_from_update
 from attacks.replay import UpdateReplay
@@ -132,7 +133,7 @@ def attack_device(observation: Observation, configured: torch.device) -> torch.d
 
 def prepare_matching(attack: str, observation: Observation, prior: Prior, *,
                      device: torch.device, needs: ThreatModelNeeds, max_images: int,
-                     label_strategy: LabelStrategy | None) -> MatchingProblem:
+                     label_strategy: LabelStrategy | None, seed: int = 0) -> MatchingProblem:
     """Check the threat model and build the :class:`MatchingProblem` of ``observation``.
 
     Args:
@@ -144,6 +145,8 @@ def prepare_matching(attack: str, observation: Observation, prior: Prior, *,
         max_images: refuse updates behind more images than this.
         label_strategy: how to recover withheld labels (:mod:`attacks.label_recovery`); None
             leaves them None for attacks that optimise labels themselves (DLG).
+        seed: seeds the random draws of the adaptive attacker's defense model (when the
+            observation carries :attr:`~attacks.base.Observation.defense`).
 
     Raises:
         ThreatModelError: the observation lacks what ``needs`` asks for, or does not fit the
@@ -188,6 +191,7 @@ def prepare_matching(attack: str, observation: Observation, prior: Prior, *,
     mean, std = _normalization(prior, device)
     replay = UpdateReplay(model, observation.global_state, observation.training,
                           observation.num_examples, num_images)
+    replay.defense = defense_model(observation.defense, target, seed=seed)
     return MatchingProblem(
         model=model, target=target, replay=replay, labels=labels,
         labels_recovered=recovered and labels is not None,

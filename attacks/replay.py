@@ -23,6 +23,7 @@ attacker's model or between calls.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from torch import nn
 from torch.func import functional_call
 
 from fl_shadow.training import LocalTraining
+
+if TYPE_CHECKING:
+    from attacks.adaptive import DefenseModel
 
 # PyTorch's Adam defaults (the client builds torch.optim.Adam with them).
 _ADAM_BETAS = (0.9, 0.999)
@@ -82,6 +86,10 @@ class UpdateReplay:
         names: trainable parameter names, in ``model.parameters()`` order (the order of the
             returned update and of :meth:`fl_shadow.attacks.base.Observation.parameter_update`).
         slots: slot indices per step, see :func:`step_slots`.
+        defense: the adaptive attacker's model of the client's defense
+            (:class:`attacks.adaptive.DefenseModel`), applied where the client applies it:
+            to each step's batch, to each step's gradient and to the final update; None
+            replays an undefended client.
     """
 
     def __init__(self, model: nn.Module, global_state: Mapping[str, torch.Tensor],
@@ -93,6 +101,7 @@ class UpdateReplay:
         self.num_images = (plan.num_distinct_images(num_examples) if num_images is None
                            else num_images)
         self.slots = step_slots(plan, num_examples, self.num_images)
+        self.defense: DefenseModel | None = None
         device = next(model.parameters()).device
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         missing = [n for n in self.names if n not in global_state]
@@ -130,6 +139,7 @@ class UpdateReplay:
             raise ValueError(f"expected {self.num_images} candidate images, got {x.shape[0]}")
         if labels.shape[0] != self.num_images:
             raise ValueError(f"expected {self.num_images} labels, got {labels.shape[0]}")
+        defense = self.defense
         params = {n: t.clone().requires_grad_(True) for n, t in self._initial.items()}
         # Fresh buffer copies: BatchNorm updates them in place in train mode.
         constants = {n: t.clone() for n, t in self._constants.items()}
@@ -139,13 +149,16 @@ class UpdateReplay:
         try:
             for step, idx in enumerate(self.slots):
                 idx = idx.to(x.device)
-                logits = functional_call(self.model, {**params, **constants}, (x[idx],))
+                batch = x[idx] if defense is None else defense.perturb_input(x[idx], step)
+                logits = functional_call(self.model, {**params, **constants}, (batch,))
                 loss = F.cross_entropy(logits, labels[idx])
                 tensors = [params[n] for n in self.names]
                 grads = torch.autograd.grad(loss, tensors, create_graph=create_graph,
                                             allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g
                          for p, g in zip(tensors, grads, strict=True)]
+                if defense is not None:
+                    grads = defense.protect_gradient(grads, step)
                 new = self._optimizer_step(tensors, grads, state, step + 1)
                 if not create_graph:
                     new = [p.detach().requires_grad_(True) for p in new]
@@ -153,6 +166,8 @@ class UpdateReplay:
         finally:
             self.model.train(was_training)
         update = [params[n] - self._initial[n] for n in self.names]
+        if defense is not None:
+            update = defense.protect_update(update)
         return update if create_graph else [u.detach() for u in update]
 
     def _optimizer_step(self, params: list[torch.Tensor], grads: list[torch.Tensor],

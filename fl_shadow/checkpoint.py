@@ -215,7 +215,10 @@ def prepare_resume(run_dir: str | Path) -> tuple[ExperimentConfig, Checkpoint]:
         raise ResumeError(f"{run_dir}: the run already completed all {config.train.rounds} "
                           "rounds; nothing to resume")
     checkpoint = load_checkpoint(run_dir)
-    if checkpoint.config_sha256 != config_digest(config.to_yaml()):
+    # The file's own text, or its re-serialization: a newer fl_shadow that adds config keys
+    # (defaults) between the crash and the resume must not block it; an edited file does.
+    if checkpoint.config_sha256 not in (config_digest(config_file.read_text()),
+                                        config_digest(config.to_yaml())):
         raise ResumeError(f"{run_dir}: config.yaml differs from the config the checkpoint was "
                           "written with; a changed experiment cannot continue this run")
     if checkpoint.server_round >= config.train.rounds:

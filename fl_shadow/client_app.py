@@ -9,6 +9,9 @@ the server's file is the single source of truth and nodes need no copy of it.
   ``client-id`` (its number, 0..``partition.num_clients``-1, default 0); the node uses the
   training split of its data (all of it but what the dataset's own rules hold out) and sends no
   audit record.
+
+Flower's own client-side DP (``strategy.flower_dp``: ``fixedclipping_mod``, ``LocalDpMod``)
+runs as a mod around the client: :mod:`clients.flower_dp_mods`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from flwr.client import Client, NumPyClient
 from flwr.clientapp import ClientApp
 
 from clients.defended import DefendedClient, LocalData
+from clients.flower_dp_mods import flower_dp_mod
 from fl_shadow import flower_keys as keys
 from fl_shadow.config import ExperimentConfig, load_config_dict
 from fl_shadow.data import DatasetSplits, client_dataset, load_dataset
@@ -109,4 +113,5 @@ def client_fn(context: Context) -> Client:
     return _ExperimentClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+# Flower's own DP mods (strategy.flower_dp), picked per message from the experiment config.
+app = ClientApp(client_fn=client_fn, mods=[flower_dp_mod])

@@ -166,6 +166,58 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FlowerDpConfig:
+    """Flower's own differential privacy (``flwr`` 1.41), as a Flower user would switch it on.
+
+    ``mode``:
+
+    * ``none``: no Flower DP;
+    * ``server_side_clipping``: central DP, ``DifferentialPrivacyServerSideFixedClipping``: the
+      server clips each received update to ``clipping_norm`` and adds Gaussian noise of std
+      ``noise_multiplier * clipping_norm / sampled clients`` to the aggregate;
+    * ``client_side_clipping``: central DP, ``DifferentialPrivacyClientSideFixedClipping`` plus
+      the client mod ``fixedclipping_mod``: each client clips its update, the server adds the
+      same noise to the aggregate;
+    * ``local_dp``: ``LocalDpMod``: each client clips its update to ``clipping_norm`` and adds
+      Gaussian noise of std ``sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon`` to every value
+      it sends (the classic Gaussian-mechanism calibration, Dwork & Roth Thm. A.1, which is
+      proven for ``epsilon < 1`` only; Flower applies it to any ``epsilon``). ``epsilon`` and
+      ``delta`` are per round and per client, not accounted over rounds.
+
+    Flower clips and noises every array of the model's ``state_dict``, BatchNorm running
+    statistics included (their integer batch counters count towards the update's norm, but
+    are neither scaled nor, below one, changed by noise). See :mod:`strategies.flower_dp`.
+
+    Attributes:
+        mode: which of the above.
+        noise_multiplier: central modes: noise std in units of ``clipping_norm`` per sampled
+            client (Flower recommends >= 1 for strong privacy).
+        clipping_norm: L2 bound of one client's update (all modes but ``none``).
+        sensitivity: ``local_dp``: the L2 sensitivity the noise is calibrated to (a clipped
+            update changes by at most ``clipping_norm`` when one client's data is removed).
+        epsilon: ``local_dp``: privacy budget per round (smaller = more noise).
+        delta: ``local_dp``: failure probability, in (0, 1).
+    """
+
+    mode: Literal["none", "server_side_clipping", "client_side_clipping", "local_dp"] = "none"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    sensitivity: float = 1.0
+    epsilon: float = 10.0
+    delta: float = 1e-5
+
+    def validate(self, key: str) -> None:
+        _check(self.noise_multiplier >= 0, f"{key}.noise_multiplier", "a number >= 0",
+               self.noise_multiplier)
+        _check(self.clipping_norm > 0, f"{key}.clipping_norm", "a number > 0",
+               self.clipping_norm)
+        _check(self.sensitivity >= 0, f"{key}.sensitivity", "a number >= 0", self.sensitivity)
+        # Flower accepts epsilon = 0 and delta = 0, which give infinite or NaN noise.
+        _check(self.epsilon > 0, f"{key}.epsilon", "a number > 0", self.epsilon)
+        _check(0 < self.delta < 1, f"{key}.delta", "a number in (0, 1)", self.delta)
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     """Server-side aggregation.
 
@@ -174,12 +226,14 @@ class StrategyConfig:
         fraction_fit: share of clients sampled each round.
         min_fit_clients: fewest clients a round may train with.
         min_available_clients: fewest connected clients before a round starts.
+        flower_dp: Flower's built-in DP wrappers and client mods (:class:`FlowerDpConfig`).
     """
 
     name: Literal["fedavg"] = "fedavg"
     fraction_fit: float = 1.0
     min_fit_clients: int = 1
     min_available_clients: int = 1
+    flower_dp: FlowerDpConfig = field(default_factory=FlowerDpConfig)
 
     def validate(self, key: str) -> None:
         _check(0 < self.fraction_fit <= 1, f"{key}.fraction_fit", "a number in (0, 1]",
@@ -188,6 +242,7 @@ class StrategyConfig:
                self.min_fit_clients)
         _check(self.min_available_clients >= 1, f"{key}.min_available_clients",
                "an integer >= 1", self.min_available_clients)
+        self.flower_dp.validate(f"{key}.flower_dp")
 
 
 @dataclass(frozen=True)
@@ -215,6 +270,15 @@ class AttackConfig:
             fails with ThreatModelError.
         max_images: cap on how many images one attack reconstructs; larger batches are skipped
             with a warning rather than attacked for hours.
+        adaptive: the attacker knows which defense the clients run and its public parameters
+            (``defense.name``/``defense.params``, never the clients' private randomness, keys
+            or state) and models it in its objective (:mod:`attacks.adaptive`).
+        parallel: how many attacks may run at the same time on the server (Ray tasks, one per
+            attacked update); 1 runs them one after another in the server process.
+        assumed_training: what the attacker assumes of the clients' local training where it
+            does not take the plan the server sent as exact (clients that choose their own lr
+            or step count): any of ``lr``, ``batch_size``, ``local_epochs``, ``local_steps``,
+            ``momentum``, ``weight_decay``, ``optimizer``; empty = the sent plan is known.
         params: the attack's own parameters (validated by the attack).
     """
 
@@ -224,9 +288,25 @@ class AttackConfig:
     labels: Literal["given", "recover"] = "recover"
     bn_statistics: Literal["given", "withheld"] = "given"
     max_images: int = 8
+    adaptive: bool = False
+    parallel: int = 1
+    assumed_training: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
+        _check(self.parallel >= 1, f"{key}.parallel", "an integer >= 1", self.parallel)
+        plan_keys = ("lr", "batch_size", "local_epochs", "local_steps", "momentum",
+                     "weight_decay", "optimizer")
+        for name, value in self.assumed_training.items():
+            where = f"{key}.assumed_training.{name}"
+            _check(name in plan_keys, where, f"a key among {', '.join(plan_keys)}", name)
+            if name == "optimizer":
+                _check(value in ("sgd", "adam"), where, "sgd or adam", value)
+            elif not (name == "local_steps" and value is None):
+                positive = name in ("lr", "batch_size", "local_epochs", "local_steps")
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                _check(number and (value > 0 if positive else value >= 0), where,
+                       "a number > 0" if positive else "a number >= 0", value)
         _check(all(r == -1 or r >= 1 for r in self.rounds), f"{key}.rounds",
                "round numbers >= 1 (or -1 for the last round)", list(self.rounds))
         _check(all(c >= 0 for c in self.clients), f"{key}.clients", "partition ids >= 0",

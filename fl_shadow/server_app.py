@@ -38,6 +38,7 @@ from fl_shadow.scoring import Scorer
 from fl_shadow.training import evaluate_loss, predict, resolve_device
 from strategies.attack_hook import AttackHook
 from strategies.curious_fedavg import CuriousFedAvg
+from strategies.flower_dp import FlowerDpStrategy, wrap_with_flower_dp
 
 log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -88,12 +89,24 @@ def make_evaluate_fn(config: ExperimentConfig, splits: DatasetSplits, build, dev
     return evaluate
 
 
+def attack_generator(config: ExperimentConfig) -> torch.nn.Module | None:
+    """The public-data generator when the configured attack uses one (GGL, GIAS), else None."""
+    from attacks import ATTACKS
+    from fl_shadow.generative import pretrained_generator
+
+    if not getattr(ATTACKS.get(config.attack.name).factory, "uses_generator", False):
+        return None
+    return pretrained_generator(config, device="cpu").generator
+
+
 def build_strategy(config: ExperimentConfig, run_dir: Path, *,
-                   resume: Checkpoint | None = None) -> CuriousFedAvg:
+                   resume: Checkpoint | None = None) -> CuriousFedAvg | FlowerDpStrategy:
     """Everything the server needs, built from the config.
 
     With ``resume``, the results folder of the interrupted run is continued from that
-    checkpoint (rows of the unfinished round dropped) instead of started afresh.
+    checkpoint (rows of the unfinished round dropped) instead of started afresh. With
+    ``strategy.flower_dp`` central DP, the curious FedAvg comes wrapped in Flower's DP wrapper
+    (:mod:`strategies.flower_dp`; it forwards ``remaining_rounds``).
     """
     torch.manual_seed(config.seed)
     device = resolve_device(config.train.device)
@@ -112,14 +125,15 @@ def build_strategy(config: ExperimentConfig, run_dir: Path, *,
     if config.attack.name != "none":
         prior = Prior(model_factory=build, image_shape=splits.image_shape,
                       num_classes=splits.num_classes, mean=splits.mean, std=splits.std,
-                      public_images=splits.public.images if len(splits.public) else None)
+                      public_images=splits.public.images if len(splits.public) else None,
+                      generator=attack_generator(config))
         hook = AttackHook(config, prior, state_keys, label_lookup=splits.train.labels,
                           device=device)
     n = config.partition.num_clients
     s = config.strategy
     recorder = RunRecorder(run_dir, config.to_yaml(), config.train.rounds,
                            resume_after=resume.server_round if resume is not None else None)
-    return CuriousFedAvg(
+    curious = CuriousFedAvg(
         experiment_yaml=config.to_yaml(), num_rounds=config.train.rounds, recorder=recorder,
         attack_hook=hook,
         federated_evaluation=DEFENSES.get(config.defense.name).factory.private_model,
@@ -132,6 +146,7 @@ def build_strategy(config: ExperimentConfig, run_dir: Path, *,
         initial_parameters=ndarrays_to_parameters(initial_arrays),
         accept_failures=True, resume=resume,
     )
+    return wrap_with_flower_dp(curious, s.flower_dp, num_clients=n, seed=config.seed)
 
 
 def is_resume(run_config: dict) -> bool:

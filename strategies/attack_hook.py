@@ -6,22 +6,28 @@ plan, labels only if the threat model gives them) and the public :class:`~attack
 and calls the attack. Ground truth stays here, outside attack code: only after the attack has
 returned does :class:`~fl_shadow.scoring.Scorer` look up the attacked images through the
 client's audit record (simulation only) and score the reconstruction.
+
+With ``attack.parallel > 1``, :meth:`AttackHook.run_all` observes a round's wanted updates
+first and attacks them together as Ray tasks (:mod:`strategies.parallel_attacks`), yielding the
+outcomes in the updates' order; with 1, :meth:`AttackHook.run` attacks one update in place.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from attacks import Attack, Observation, Prior, Reconstruction, bn_statistic_names, build_attack
+from attacks.adaptive import describe_defense
 from fl_shadow import flower_keys as keys
 from fl_shadow.audit import AuditRecord, attacked_indices, decode_audit
 from fl_shadow.config import ExperimentConfig
 from fl_shadow.errors import ThreatModelError
+from strategies.parallel_attacks import AttackJob, run_attacks
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,16 @@ class AttackOutcome:
     client_id: int
     reconstruction: Reconstruction
     audit: AuditRecord | None
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """One client's reply as the server received it (the arguments of :meth:`AttackHook.run`)."""
+
+    client_id: int
+    arrays: list[np.ndarray]
+    num_examples: int
+    metrics: Mapping[str, object]
 
 
 class AttackHook:
@@ -54,6 +70,7 @@ class AttackHook:
         self.prior = prior
         self.state_keys = state_keys
         self.label_lookup = label_lookup
+        self.device = device
         self.attack: Attack = build_attack(config.attack.name, config.attack.params,
                                            device=device, seed=config.seed)
         # Keys the threat model removes from the client's upload before the attack sees it.
@@ -71,7 +88,9 @@ class AttackHook:
         """Build what the attacker sees; returns the observation and the (withheld) audit."""
         from clients.defended import local_training_plan
 
-        plan = local_training_plan(self.config, client_id)
+        # The plan the server sent, or what the attacker assumes where it does not trust it.
+        plan = replace(local_training_plan(self.config, client_id),
+                       **self.config.attack.assumed_training)
         audit = decode_audit(str(metrics[keys.AUDIT])) if keys.AUDIT in metrics else None
         labels = None
         if self.config.attack.labels == "given":
@@ -88,6 +107,10 @@ class AttackHook:
             num_images=plan.num_distinct_images(num_examples),
             labels=labels,
             server_round=server_round,
+            defense=(describe_defense(self.config.defense.name, self.config.defense.params,
+                                      server_round=server_round,
+                                      num_rounds=self.config.train.rounds)
+                     if self.config.attack.adaptive else None),
         )
         return observation, audit
 
@@ -96,16 +119,52 @@ class AttackHook:
             metrics: Mapping[str, object]) -> AttackOutcome | None:
         observation, audit = self.observe(server_round, client_id, global_arrays,
                                           client_arrays, num_examples, metrics)
-        if observation.num_images > self.config.attack.max_images:
-            log.warning("round %d client %d: update holds %d images > attack.max_images=%d; "
-                        "not attacked", server_round, client_id, observation.num_images,
-                        self.config.attack.max_images)
+        if not self._within_budget(server_round, client_id, observation):
             return None
         log.info("round %d: attacking client %d (%s, %d image(s), %d local step(s))",
                  server_round, client_id, self.attack.name, observation.num_images,
                  observation.num_local_steps)
         reconstruction = self.attack.reconstruct(observation, self.prior)
         return AttackOutcome(server_round, client_id, reconstruction, audit)
+
+    @property
+    def parallel(self) -> int:
+        """How many attacks may run at once (``attack.parallel``)."""
+        return self.config.attack.parallel
+
+    def run_all(self, server_round: int, global_arrays: list[np.ndarray],
+                updates: Sequence[ReceivedUpdate]) -> Iterator[AttackOutcome]:
+        """Attack a round's wanted updates, :attr:`parallel` at a time, as Ray tasks.
+
+        Every update is observed first (a threat-model error stops the round before any
+        attack starts); updates over ``attack.max_images`` are skipped as in :meth:`run`.
+        Outcomes come in the order of ``updates``, each as soon as it and the ones before it
+        are done, with the same reconstructions :meth:`run` would give one after another.
+        """
+        jobs, audits = [], []
+        for update in updates:
+            observation, audit = self.observe(server_round, update.client_id, global_arrays,
+                                              update.arrays, update.num_examples,
+                                              update.metrics)
+            if self._within_budget(server_round, update.client_id, observation):
+                jobs.append(AttackJob(update.client_id, observation, self.prior))
+                audits.append(audit)
+        reconstructions = run_attacks(self.attack, jobs, parallel=self.parallel,
+                                      device=self.device)
+        try:
+            for job, audit in zip(jobs, audits):
+                yield AttackOutcome(server_round, job.client_id, next(reconstructions), audit)
+        finally:
+            reconstructions.close()  # stops the attacks still running if the caller gave up
+
+    def _within_budget(self, server_round: int, client_id: int,
+                       observation: Observation) -> bool:
+        if observation.num_images > self.config.attack.max_images:
+            log.warning("round %d client %d: update holds %d images > attack.max_images=%d; "
+                        "not attacked", server_round, client_id, observation.num_images,
+                        self.config.attack.max_images)
+            return False
+        return True
 
 
 def _to_state(state_keys: list[str], arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -40,7 +41,7 @@ from fl_shadow.checkpoint import (
 )
 from fl_shadow.report import RunRecorder
 from fl_shadow.scoring import Scorer
-from strategies.attack_hook import AttackHook
+from strategies.attack_hook import AttackHook, AttackOutcome, ReceivedUpdate
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class CuriousFedAvg(FedAvg):
         self.attack_hook = attack_hook
         self.scorer = scorer
         self._sent: dict[int, Parameters] = {}
+        self._observed: set[int] = set()
         self._evaluated: Parameters | None = None
         self._config_sha256 = config_digest(experiment_yaml)
 
@@ -145,36 +147,57 @@ class CuriousFedAvg(FedAvg):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[tuple[ClientProxy, FitRes] | BaseException]
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        server_round += self.start_round
         try:
-            return self._attack_and_aggregate(server_round, results, failures)
+            results = self.observe_updates(server_round, results, failures)
+            return super().aggregate_fit(server_round + self.start_round, results, failures)
         except BaseException as exc:
             self.recorder.fail(exc)
             raise
 
-    def _attack_and_aggregate(self, server_round: int,
-                              results: list[tuple[ClientProxy, FitRes]],
-                              failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                              ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        global_arrays = parameters_to_ndarrays(self._sent[server_round])
+    def observe_updates(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                        failures: list[tuple[ClientProxy, FitRes] | BaseException]
+                        ) -> list[tuple[ClientProxy, FitRes]]:
+        """Record and attack the updates of Flower's round ``server_round`` as received.
+
+        Runs once per round: a wrapper that transforms updates before aggregating them (e.g.
+        Flower's server-side DP clipping, :mod:`strategies.flower_dp`) calls it first, with the
+        updates exactly as they arrived, and the call from :meth:`aggregate_fit` is then a
+        no-op. Returns the results in the fixed order aggregation uses.
+        """
         # Replies arrive in whatever order the clients finish; aggregating in a fixed order keeps
         # floating-point sums, and so whole runs, reproducible under a seed.
         results = sorted(results, key=lambda r: int(r[1].metrics.get(keys.PARTITION_ID, 0)))
+        server_round += self.start_round
+        if server_round in self._observed:
+            return results
+        self._observed.add(server_round)
+        global_arrays = parameters_to_ndarrays(self._sent[server_round])
+        wanted: list[ReceivedUpdate] = []  # attack.parallel > 1: attacked together below
         for _, res in results:
             client_id = int(res.metrics.get(keys.PARTITION_ID, -1))
             self.recorder.log_fit(server_round, client_id, res.num_examples, res.metrics)
             if self.attack_hook is not None and self.attack_hook.wants(server_round, client_id):
+                if self.attack_hook.parallel > 1:
+                    wanted.append(ReceivedUpdate(client_id, parameters_to_ndarrays(res.parameters),
+                                                 res.num_examples, res.metrics))
+                    continue
                 outcome = self.attack_hook.run(server_round, client_id, global_arrays,
                                                parameters_to_ndarrays(res.parameters),
                                                res.num_examples, res.metrics)
                 if outcome is not None:
-                    scores = (self.scorer.score(outcome.reconstruction, outcome.audit,
-                                                global_arrays)
-                              if self.scorer is not None else None)
-                    self.recorder.log_attack(outcome, scores)
+                    self._record_attack(outcome, global_arrays)
+        if wanted and self.attack_hook is not None:
+            # Scored and recorded in client order, each while the later attacks still run.
+            for outcome in self.attack_hook.run_all(server_round, global_arrays, wanted):
+                self._record_attack(outcome, global_arrays)
         for failure in failures:
             self.recorder.log_failure(server_round, failure)
-        return super().aggregate_fit(server_round, results, failures)
+        return results
+
+    def _record_attack(self, outcome: AttackOutcome, global_arrays: list[np.ndarray]) -> None:
+        scores = (self.scorer.score(outcome.reconstruction, outcome.audit, global_arrays)
+                  if self.scorer is not None else None)
+        self.recorder.log_attack(outcome, scores)
 
     def evaluate(self, server_round: int,
                  parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:

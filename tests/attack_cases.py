@@ -17,6 +17,7 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 from attacks import Observation, Prior
+from fl_shadow.defenses.base import DefenseContext
 from fl_shadow.models import ConvNet
 from fl_shadow.scoring import score_reconstruction
 from fl_shadow.training import LocalTraining, train_locally
@@ -68,12 +69,16 @@ class Case:
 
 def client_update(labels: list[int], plan: LocalTraining, *, norm: str = "batch",
                   width: int = 8, momentum: float | None = 0.1, give_labels: bool = False,
-                  seed: int = 0) -> Case:
+                  seed: int = 0, images: torch.Tensor | None = None,
+                  defense: object | None = None) -> Case:
     """Train a fresh ConvNet on the first ``len(labels)`` samples, return the server's view.
 
-    ``momentum`` is the BatchNorm layers' (part of the public architecture).
+    ``momentum`` is the BatchNorm layers' (part of the public architecture). ``images``
+    (``(N, 1, SIZE, SIZE)`` in [0, 1]) replace the samples; ``defense`` (a built
+    :class:`~fl_shadow.defenses.base.Defense`) runs around the local training and on the
+    update, as in :class:`clients.defended.DefendedClient`.
     """
-    images = sample_images(len(labels))
+    images = sample_images(len(labels)) if images is None else images
 
     def factory() -> ConvNet:
         model = ConvNet(1, CLASSES, width=width, norm=norm, image_size=SIZE)
@@ -86,12 +91,20 @@ def client_update(labels: list[int], plan: LocalTraining, *, norm: str = "batch"
     model = factory()
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     y = torch.tensor(labels)
-    result = train_locally(model, (images - MEAN[0]) / STD[0], y, plan, defense=NoDefense(),
-                           ctx=SimpleNamespace(step=0),
+    ctx = (SimpleNamespace(step=0) if defense is None else DefenseContext(
+        server_round=1, num_rounds=1, client_id=0, device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed + 1), mean=MEAN, std=STD))
+    result = train_locally(model, (images - MEAN[0]) / STD[0], y, plan,
+                           defense=NoDefense() if defense is None else defense, ctx=ctx,
                            generator=torch.Generator().manual_seed(seed))
     num = len(labels)
     order = torch.tensor([i for batch in result.batches for i in batch])[:num]
-    observation = Observation(global_state=global_state, client_state=model.state_dict(),
+    client_state = model.state_dict()
+    if defense is not None:
+        update = defense.protect_update(
+            {k: client_state[k] - global_state[k] for k in global_state}, model, ctx)
+        client_state = {k: global_state[k] + update[k] for k in global_state}
+    observation = Observation(global_state=global_state, client_state=client_state,
                               num_examples=num, training=plan,
                               num_images=plan.num_distinct_images(num),
                               labels=y[order] if give_labels else None)

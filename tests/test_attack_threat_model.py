@@ -21,7 +21,7 @@ from attacks import (
     check_threat_model,
 )
 from clients.defended import DefendedClient
-from fl_shadow.config import load_config
+from fl_shadow.config import load_config, load_config_dict
 from fl_shadow.errors import ConfigError, ThreatModelError
 from fl_shadow.models import ConvNet, build_model
 from fl_shadow.training import LocalTraining
@@ -140,3 +140,33 @@ def test_attacks_without_the_need_run_when_bn_statistics_are_withheld(name):
                                  "attack.params": "{iterations: 1, progress: false}"})
     outcome = hook.run(*args)
     assert outcome is not None and outcome.reconstruction.images.shape == (6, 1, 8, 8)
+
+
+# ---- what the attacker assumes of the local training ----------------------------------------
+def test_assumed_training_replaces_the_sent_plan() -> None:
+    case = client_update([0, 1], LocalTraining(lr=0.05, batch_size=1))  # two SGD steps
+    keys_ = list(case.observation.global_state)
+    arrays = [v.numpy() for v in case.observation.global_state.values()]
+    sent = [case.observation.client_state[k].numpy() for k in keys_]
+    raw = {"partition": {"scheme": "sizes", "num_clients": 1, "sizes": [2], "batch_sizes": [1]},
+           "train": {"lr": 0.05}, "attack": {"name": "inverting_gradients"}}
+    plain = AttackHook(load_config_dict(raw), case.prior, keys_, label_lookup=None,
+                       device=torch.device("cpu"))
+    obs, _ = plain.observe(1, 0, arrays, sent, 2, {})
+    assert obs.training.lr == 0.05 and obs.num_local_steps == 2
+    raw["attack"]["assumed_training"] = {"lr": 0.01, "batch_size": 2}
+    guessing = AttackHook(load_config_dict(raw), case.prior, keys_, label_lookup=None,
+                          device=torch.device("cpu"))
+    obs, _ = guessing.observe(1, 0, arrays, sent, 2, {})
+    assert obs.training.lr == 0.01 and obs.num_local_steps == 1 and obs.num_images == 2
+
+
+@pytest.mark.parametrize("assumed,match", [
+    ({"learning_rate": 0.1}, r"attack.assumed_training.learning_rate: expected a key among"),
+    ({"lr": 0}, r"attack.assumed_training.lr: expected a number > 0"),
+    ({"optimizer": "lbfgs"}, r"attack.assumed_training.optimizer: expected sgd or adam"),
+])
+def test_assumed_training_is_validated(assumed: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config_dict({"attack": {"name": "inverting_gradients",
+                                     "assumed_training": assumed}})

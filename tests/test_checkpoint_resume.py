@@ -395,19 +395,18 @@ def test_strategy_rejects_a_checkpoint_with_nothing_left(tmp_path: Path) -> None
 
 
 # ---- end to end: a real `fl-shadow run` killed after round 1, then `fl-shadow resume` --------
+# No attack (the in-process test covers attacked rounds; the attack's reference classifier and
+# inversion would triple this test's time on 2 busy cores); 500 local epochs make each round's
+# training last ~2 s, the window in which the run is killed.
 E2E = """\
 name: tiny
 seed: 3
 data: {dataset: mni152, image_size: 16, channels: 1}
 partition: {scheme: sizes, num_clients: 2, sizes: [2, 6], batch_sizes: [1, 3]}
 model: {name: convnet, width: 4}
-train: {rounds: 3, lr: 0.01, device: cpu}
+train: {rounds: 3, local_epochs: 500, lr: 0.01, device: cpu}
 strategy: {min_fit_clients: 2, min_available_clients: 2}
-attack:
-  name: inverting_gradients
-  rounds: [2]
-  clients: [0]
-  params: {iterations: 400, progress: false}
+attack: {name: none}
 """
 
 
@@ -494,31 +493,30 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
     proc = _fl_shadow(flower_env, "run", str(config), "--run-dir", str(whole))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # Same experiment; killed while round 2's attack runs (round 1 checkpointed, round 2's
-    # fit row of client 0 already written).
+    # Same experiment, killed as soon as round 1 is checkpointed (while round 2 trains).
     runner = subprocess.Popen([sys.executable, "-m", "fl_shadow.cli", "run", str(config),
                                "--run-dir", str(killed)], cwd=ROOT, env=flower_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not any(r["round"] == 2 for r in _rows(killed / "fit.jsonl")):
+        while not (killed / CHECKPOINT_FILE).exists():
             assert runner.poll() is None and time.monotonic() < deadline, "run ended early"
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert _kill_simulation(flower_env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]) > 0
     finally:
         os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
     assert json.loads((killed / "status.json").read_text())["state"] == "running"
-    assert load_checkpoint(killed).server_round == 1
-    assert any(r["round"] == 2 for r in _rows(killed / "fit.jsonl"))  # the dead round's rows
+    last = load_checkpoint(killed).server_round
+    assert last in (1, 2)  # 2 only if a busy machine delayed the kill by a whole round
 
     proc = _fl_shadow(flower_env, "resume", str(killed))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "resuming 'tiny' after round 1/3" in proc.stdout
+    assert f"resuming 'tiny' after round {last}/3" in proc.stdout
     assert_same_results(whole, killed)
     status = json.loads((killed / "status.json").read_text())
-    assert status["state"] == "completed" and status["resumed_after"] == [1]
+    assert status["state"] == "completed" and status["resumed_after"] == [last]
     assert sorted((r["round"], r["client"]) for r in read_jsonl(killed / "fit.jsonl")) == [
         (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
 
