@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,6 +54,7 @@ from fl_shadow.client_app import load_local_data
 from fl_shadow.config import ExperimentConfig, load_config
 from fl_shadow.errors import ResumeError
 from fl_shadow.report import RunRecorder, drop_rows_after, read_jsonl
+from processes import process_tree, processes_mentioning, signal_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -410,74 +410,11 @@ attack: {name: none}
 """
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _kill_simulation(http_port: str) -> int:
     """SIGKILL the simulation process of this test's SuperLink (the ServerApp and the Ray
     cluster with the clients) and everything under it: the run dies as on a lost machine."""
-    killed = 0
-    for pid in _pids_mentioning("flwr-simulation", f"127.0.0.1:{http_port}"):
-        for victim in [pid, *_descendants(pid)]:
-            try:
-                os.kill(victim, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
-    return killed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture()
-def flower_env(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A private Flower home and SuperLink ports (as in test_simulation_e2e); the SuperLink the
-    runs start is stopped afterwards."""
-    http_port, control_port = _free_port(), _free_port()
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "FLWR_TELEMETRY_ENABLED": "0",
-           "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    yield env
-    for pid in _pids_mentioning(f"127.0.0.1:{control_port}"):
-        for victim in [pid, *_descendants(pid)]:
-            try:
-                os.kill(victim, signal.SIGKILL)
-            except OSError:
-                pass
-    time.sleep(1)
-
-
-def _pids_mentioning(marker: str, *also: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and all(a in cmdline for a in also):
-            pids.append(int(entry.name))
-    return pids
+    return sum(signal_all(process_tree(pid), signal.SIGKILL)
+               for pid in processes_mentioning("flwr-simulation", f"127.0.0.1:{http_port}"))
 
 
 def _fl_shadow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

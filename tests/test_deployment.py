@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -43,6 +42,7 @@ import pytest
 from PIL import Image
 
 from fl_shadow.report import read_jsonl
+from processes import free_port, process_tree, processes_mentioning, signal_all
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -67,11 +67,6 @@ make_node_keys = _load_script("make_node_keys")
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
@@ -121,54 +116,6 @@ def write_run_config(tmp: Path, experiment: Path, run_dir: Path) -> Path:
     path.write_text(f"config = {json.dumps(str(experiment))}\noverrides = \"\"\n"
                     f"run-dir = {json.dumps(str(run_dir))}\n")
     return path
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (read from /proc), parents first."""
-    children, tree, queue = _children_map(), [], [pid]
-    while queue:
-        p = queue.pop(0)
-        tree.append(p)
-        queue += children.get(p, [])
-    return tree
-
-
-def processes_mentioning(marker: str) -> list[int]:
-    """Processes whose command line holds ``marker`` as a whole (``:4123`` is not ``:41234``)."""
-    pattern = re.compile(re.escape(marker) + r"(?![0-9A-Za-z_])")
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if pattern.search(cmdline):
-            found.append(int(entry.name))
-    return found
-
-
-def signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
 
 
 def alive(pid: int) -> bool:

@@ -1,21 +1,16 @@
 """End to end: `fl-shadow run` -> `flwr run` on Flower's simulation engine (Ray), 2 clients.
 
-The run uses its own Flower home and ports, so it starts (and this test stops) a private local
-SuperLink instead of reusing one that may run another checkout's code.
+The run uses its own Flower home and ports (the ``flower_env`` fixture of conftest.py), so it
+starts (and the fixture stops) a private local SuperLink instead of reusing one that may run
+another checkout's code.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 from fl_shadow.report import read_jsonl
 
@@ -35,44 +30,6 @@ attack:
   clients: [0]
   params: {iterations: 30, progress: false}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _kill_processes_mentioning(marker: str) -> None:
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and int(pid_dir.name) != os.getpid():
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-            except OSError:
-                pass
-
-
-@pytest.fixture()
-def flower_env(tmp_path: Path):  # type: ignore[no-untyped-def]
-    http_port, control_port = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(tmp_path / "flwr-home"),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
-    yield env
-    _kill_processes_mentioning(f"127.0.0.1:{control_port}")
-    time.sleep(1)
 
 
 def test_flwr_simulation_writes_a_complete_results_folder(tmp_path: Path, flower_env) -> None:  # type: ignore[no-untyped-def]
