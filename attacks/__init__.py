@@ -1,4 +1,8 @@
-"""Gradient inversion attacks run by the curious server, registered by name in :data:`ATTACKS`.
+"""Gradient inversion attacks run by the curious server, declared in :data:`ATTACKS`.
+
+Adding an attack: one module here with a class that has ``reconstruct(observation, prior)``,
+its params dataclass (:func:`fl_shadow.config.settings`) and ``@register_attack("name",
+Params, max_images=..., needs=...)`` on the class, plus its name in the import line below.
 
 Importing this package registers every attack module. The flat API::
 
@@ -7,13 +11,13 @@ Importing this package registers every attack module. The flat API::
     reconstruction = attack.reconstruct(observation, prior)
 """
 
-from attacks import dlg, ggl, gias, gradinversion, idlg, inverting_gradients  # noqa: F401  (registers)
-from attacks.adaptive import DefenseModel, defense_model, describe_defense
+from attacks import dlg, ggl, gias, gradinversion, idlg, inverting_gradients, none  # noqa: F401  (registers)
+from attacks.adaptive import defense_model
 from attacks.base import (
     ATTACKS,
     Attack,
-    DefenseKnowledge,
     AttackSpec,
+    DefenseKnowledge,
     Observation,
     Prior,
     Reconstruction,
@@ -21,6 +25,7 @@ from attacks.base import (
     bn_statistic_names,
     build_attack,
     check_threat_model,
+    labels_if_required,
     register_attack,
 )
 from attacks.bn_prior import BatchNormRecorder, BatchNormReference, bn_prior
@@ -50,11 +55,12 @@ from attacks.replay import UpdateReplay, simulate_update, step_slots
 
 __all__ = [
     "ATTACKS", "Attack", "AttackSpec", "BatchNormRecorder", "BatchNormReference", "DLG",
-    "DLGParams", "DefenseKnowledge", "DefenseModel", "GGL", "GGLParams", "GIAS", "GIASParams",
+    "DLGParams", "DefenseKnowledge", "GGL", "GGLParams", "GIAS", "GIASParams",
     "GradInversion", "GradInversionParams", "IDLG", "IDLGParams",
     "InvertingGradients", "InvertingGradientsParams", "MatchingProblem", "Observation", "Prior",
     "Reconstruction", "ThreatModelNeeds", "UpdateReplay", "bn_prior", "bn_statistic_names",
-    "build_attack", "check_threat_model", "cosine_cost", "defense_model", "describe_defense", "l2_cost", "label_placements",
+    "build_attack", "check_threat_model", "cosine_cost", "defense_model", "l2_cost",
+    "label_placements", "labels_if_required",
     "layer_weights", "lr_milestones", "prepare_matching", "recover_label_idlg",
     "recover_labels", "recover_labels_bias_corrected", "recover_labels_from_update",
     "recover_labels_support", "recover_labels_yin", "register_attack", "remove_weight_decay",

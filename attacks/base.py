@@ -1,212 +1,106 @@
-"""The Attack protocol: what a curious server sees, what it knows, what it returns.
+"""The Attack protocol and registry: what a curious server sees, knows and returns.
 
-The split follows breaching: the *observation* is what crossed the wire from one client in one
-round (plus the public training plan the server itself sent); the *prior* is public knowledge
-(architecture, image shape, normalization, public data); the *reconstruction* is the attack's
-answer. Ground truth never appears in any of these types: scoring happens outside attack code
-(``fl_shadow.metrics``), against images the simulation finds through its audit record.
+The threat model's types (:class:`Observation`, :class:`Prior`, :class:`Reconstruction`, ...)
+live in the core (:mod:`fl_shadow.threat_model`), because the server side that builds them and
+the scorer that reads the answers need them too; they are re-exported here for attack code.
+Ground truth never appears in any of these types: scoring happens outside attack code
+(:mod:`fl_shadow.scoring`), against images the simulation finds through its audit record.
+
+Each attack is declared once, by :func:`register_attack`, as an :class:`AttackSpec`: its
+class, its params dataclass, what it needs of the threat model (labels, BatchNorm statistics,
+the public-data generator, as a function of its params) and the most images it is meant to
+reconstruct from one update. Everything in the spec is checked at load, before a run starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
-from fl_shadow.errors import ThreatModelError
-from fl_shadow.registry import ComponentSpec, Registry, register_component, resolve_component
-from fl_shadow.training import LocalTraining
+from fl_shadow.config import parse_settings
+from fl_shadow.registry import Registry
+from fl_shadow.threat_model import (
+    Attack,
+    AttackOutcome,
+    DefenseKnowledge,
+    Observation,
+    Prior,
+    Reconstruction,
+    ThreatModelNeeds,
+    bn_statistic_names,
+    check_threat_model,
+)
+
+
+def labels_if_required(params: Any) -> ThreatModelNeeds:
+    """The needs of an attack that recovers or optimises withheld labels: labels only with
+    ``require_labels``."""
+    return ThreatModelNeeds(labels="attack.params.require_labels is true"
+                            if params.require_labels else None)
 
 
 @dataclass(frozen=True)
-class DefenseKnowledge:
-    """What an adaptive attacker knows of the clients' defense: public facts only.
+class AttackSpec:
+    """A registered attack.
 
     Attributes:
-        name: the registered defense name.
-        params: its parameters as configured, defaults filled in (the protocol is public; a
-            client's random draws, keys and state are not part of this).
-        server_round: the round of the observed update (defenses schedule on it).
-        num_rounds: the run's total rounds.
+        name: the ``attack.name`` that selects it.
+        factory: ``factory(params, device=, seed=) -> Attack`` (the class).
+        params_type: the :func:`~fl_shadow.config.settings` dataclass of ``attack.params``.
+        needs: ``needs(params) -> ThreatModelNeeds``: what the attack asks of the threat model
+            with these params.
+        max_images: the most images one update may come from for this attack (its cost grows
+            with the batch and quality collapses); ``attack.max_images`` may not exceed it.
+        reconstructs: False for ``none``, the honest server: no update is attacked.
     """
 
     name: str
-    params: Mapping[str, Any]
-    server_round: int = 1
-    num_rounds: int = 1
+    factory: Callable[..., Attack]
+    params_type: type
+    needs: Callable[[Any], ThreatModelNeeds]
+    max_images: int
+    reconstructs: bool = True
+
+    def parse_params(self, raw: Mapping[str, Any] | None) -> Any:
+        """Validate ``attack.params`` into :attr:`params_type` (errors name the key)."""
+        return parse_settings(self.params_type, raw, "attack.params")
+
+    def build(self, params: Any, *, device: torch.device | str, seed: int) -> Attack:
+        """The attack for validated ``params`` (:meth:`parse_params`)."""
+        return self.factory(params, device=device, seed=seed)
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What the server received from one client in one round, plus what it sent.
+ATTACKS: Registry[AttackSpec] = Registry("attack", config_key="attack.name")
 
-    Attributes:
-        global_state: the global model's ``state_dict`` the server sent this round.
-        client_state: the ``state_dict`` the client sent back (same keys), i.e. after local
-            training and after the client's defense; without the BatchNorm running
-            statistics when the threat model withholds them (``attack.bn_statistics:
-            withheld``, see :func:`bn_statistic_names`).
-        num_examples: the example count the client reported (FedAvg weights by it).
-        training: the local-training plan the server sent (lr, batch size, epochs/steps).
-        num_images: how many distinct images the update was computed from, as the server can
-            infer from ``num_examples`` and ``training``.
-        labels: the batch's labels, only when the threat model hands them to the attacker
-            (``attack.labels: given``); otherwise None and the attack recovers them.
-        server_round: 1-based round number.
-        defense: the clients' defense and its public parameters, only when the threat model
-            gives them to an adaptive attacker (``attack.adaptive: true``).
+
+def register_attack(name: str, params_type: type, *, max_images: int,
+                    needs: Callable[[Any], ThreatModelNeeds] = labels_if_required,
+                    reconstructs: bool = True) -> Callable[[type], type]:
+    """Class decorator declaring an attack (see :class:`AttackSpec` for the arguments).
+
+    The class is constructed as ``cls(params, device=device, seed=seed)`` and knows its name as
+    ``cls.name``.
     """
 
-    global_state: Mapping[str, torch.Tensor]
-    client_state: Mapping[str, torch.Tensor]
-    num_examples: int
-    training: LocalTraining
-    num_images: int
-    labels: torch.Tensor | None = None
-    server_round: int = 1
-    defense: DefenseKnowledge | None = None
+    def decorator(cls: type) -> type:
+        cls.name = name  # type: ignore[attr-defined]
+        ATTACKS.add(AttackSpec(name=name, factory=cls, params_type=params_type, needs=needs,
+                               max_images=max_images, reconstructs=reconstructs))
+        return cls
 
-    def parameter_update(self, model: nn.Module) -> list[torch.Tensor]:
-        """``client - global`` for each trainable parameter, in ``model.parameters()`` order."""
-        names = [name for name, p in model.named_parameters() if p.requires_grad]
-        return [(self.client_state[n] - self.global_state[n]).float() for n in names]
-
-    @property
-    def num_local_steps(self) -> int:
-        return len(self.training.step_batch_sizes(self.num_examples))
+    return decorator
 
 
-@dataclass(frozen=True)
-class Prior:
-    """Public knowledge the attacker may use.
-
-    Attributes:
-        model_factory: builds the task model architecture (weights are then loaded from the
-            observation's ``global_state``).
-        image_shape: ``(C, H, W)``.
-        num_classes: number of labels.
-        mean, std: the normalization the clients apply (public: part of the protocol).
-        public_images: public images disjoint from the clients' data, ``(M, C, H, W)`` in
-            [0, 1], for generative priors; may be None.
-        generator: the project's image generator pretrained on ``public_images`` only
-            (:mod:`fl_shadow.generative`), for generative-prior attacks (GGL, GIAS); None when
-            the configured attack does not use one. Output ``[-1, 1]``, see
-            :func:`fl_shadow.generative.to_unit`.
-    """
-
-    model_factory: Callable[[], nn.Module]
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    public_images: torch.Tensor | None = None
-    generator: nn.Module | None = None
-
-
-@dataclass(frozen=True)
-class Reconstruction:
-    """The attack's answer.
-
-    Attributes:
-        images: ``(K, C, H, W)`` reconstructed images in [0, 1] (de-normalized and clamped).
-        labels: ``(K,)`` the labels the attack used or recovered.
-        loss: the attack's own final objective value (lower is better), used to pick restarts.
-        iterations: optimisation steps taken (over all restarts).
-        seconds: wall time of the attack.
-        info: extra scalars worth reporting (e.g. per-restart losses).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    loss: float
-    iterations: int
-    seconds: float
-    info: Mapping[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ThreatModelNeeds:
-    """What an attack asks of the threat model, checked by :func:`check_threat_model`.
-
-    Each field is None when the attack does without, else the setting that creates the need,
-    quoted in the error (e.g. ``"attack.params.require_labels is true"``).
-
-    Attributes:
-        labels: the batch's labels (the threat model gives them with ``attack.labels: given``).
-        bn_statistics: the BatchNorm running statistics in the client's upload (withheld from
-            the observation with ``attack.bn_statistics: withheld``).
-    """
-
-    labels: str | None = None
-    bn_statistics: str | None = None
-
-
-def bn_statistic_names(model: nn.Module) -> list[str]:
-    """``state_dict`` keys of every BatchNorm layer's running statistics and step counter."""
-    names = []
-    for prefix, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            names += [f"{prefix}.{b}" if prefix else b
-                      for b in ("running_mean", "running_var", "num_batches_tracked")]
-    return names
-
-
-def check_threat_model(attack: str, needs: ThreatModelNeeds, observation: Observation,
-                       model: nn.Module) -> None:
-    """Fail before any work when the observation lacks what ``needs`` asks for.
-
-    Args:
-        attack: the attack's name (first word of the message).
-        needs: the attack's declared needs.
-        observation: what the threat model hands over.
-        model: the public architecture (to find the BatchNorm buffers).
-
-    Raises:
-        ThreatModelError: naming the config key that withholds the data.
-    """
-    if needs.labels and observation.labels is None:
-        raise ThreatModelError(
-            f"{attack}: {needs.labels} but the threat model withholds labels (attack.labels: "
-            "recover); set attack.labels: given or change that setting")
-    if needs.bn_statistics:
-        # An architecture without BatchNorm has no statistics to withhold: nothing to check.
-        names = [n for n in bn_statistic_names(model) if not n.endswith("num_batches_tracked")]
-        missing = [n for n in names if n not in observation.client_state]
-        if missing:
-            raise ThreatModelError(
-                f"{attack}: {needs.bn_statistics} but the threat model withholds the client's "
-                f"BatchNorm statistics ({missing[0]} is not in the observation; "
-                "attack.bn_statistics: withheld); set attack.bn_statistics: given or change "
-                "that setting")
-
-
-@runtime_checkable
-class Attack(Protocol):
-    """A gradient inversion attack: one observation in, one reconstruction out."""
-
-    name: ClassVar[str]
-
-    def reconstruct(self, observation: Observation, prior: Prior) -> Reconstruction:
-        ...
-
-
-AttackSpec = ComponentSpec
-ATTACKS: Registry[ComponentSpec[Attack]] = Registry("attack", config_key="attack.name")
-
-
-def register_attack(name: str, params_type: type) -> Callable[[type], type]:
-    """Class decorator: ``@register_attack("inverting_gradients", InvertingGradientsParams)``.
-
-    The class is constructed as ``cls(params, device=device, seed=seed)``.
-    """
-    return register_component(ATTACKS, name, params_type)
-
-
-def build_attack(name: str, params: Mapping[str, Any] | None, *, device: torch.device,
+def build_attack(name: str, params: Mapping[str, Any] | None, *, device: torch.device | str,
                  seed: int) -> Attack:
     """Validate ``params`` with the attack's params dataclass and construct the attack."""
-    spec, validated = resolve_component(ATTACKS, name, params, "attack.params")
-    return spec.factory(validated, device=device, seed=seed)
+    spec = ATTACKS.get(name)
+    return spec.build(spec.parse_params(params), device=device, seed=seed)
+
+
+__all__ = ["ATTACKS", "Attack", "AttackOutcome", "AttackSpec", "DefenseKnowledge", "Observation",
+           "Prior", "Reconstruction", "ThreatModelNeeds", "bn_statistic_names", "build_attack",
+           "check_threat_model", "labels_if_required", "register_attack"]

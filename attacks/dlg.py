@@ -42,9 +42,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from attacks.base import Observation, Prior, Reconstruction, register_attack
 from attacks.label_recovery import LabelStrategy
@@ -53,16 +54,16 @@ from attacks.matching import (
     MatchingAttack,
     MatchingProblem,
     attack_device,
-    check_ranges,
     prepare_matching,
 )
 from attacks.objectives import l2_cost
+from fl_shadow.config import Bool, Float, Int, settings
 from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class DLGParams:
     """``attack.params`` of ``dlg``.
 
@@ -78,33 +79,19 @@ class DLGParams:
         restarts: independent random initialisations; the lowest objective wins.
         init: initial images, ``randn`` (DLG) or ``rand`` (uniform over the valid box).
         require_labels: fail with ThreatModelError unless the threat model gives the labels.
-        max_images: refuse updates behind more images than this (DLG degrades fast with the
-            batch size: the paper shows batches up to 8).
         progress: a progress bar per restart on a terminal, else a log line every tenth.
     """
 
-    iterations: int = 100
-    inner_iterations: int = 20
-    lr: float = 1.0
-    history_size: int = 100
+    iterations: Annotated[Int, Field(ge=1)] = 100
+    inner_iterations: Annotated[Int, Field(ge=1)] = 20
+    lr: Annotated[Float, Field(gt=0)] = 1.0
+    history_size: Annotated[Int, Field(ge=1)] = 100
     line_search: Literal["none", "strong_wolfe"] = "none"
-    restarts: int = 1
+    restarts: Annotated[Int, Field(ge=1)] = 1
     init: ImageInit = "randn"
-    require_labels: bool = False
-    max_images: int = 8
-    progress: bool = True
+    require_labels: Bool = False
+    progress: Bool = True
 
-    def validate(self, key: str) -> None:
-        checks = [
-            (self.iterations >= 1, "iterations", "an integer >= 1", self.iterations),
-            (self.inner_iterations >= 1, "inner_iterations", "an integer >= 1",
-             self.inner_iterations),
-            (self.lr > 0, "lr", "a number > 0", self.lr),
-            (self.history_size >= 1, "history_size", "an integer >= 1", self.history_size),
-            (self.restarts >= 1, "restarts", "an integer >= 1", self.restarts),
-            (self.max_images >= 1, "max_images", "an integer >= 1", self.max_images),
-        ]
-        check_ranges(key, checks)
 
 
 @dataclass
@@ -117,7 +104,7 @@ class _Best:
     evaluations: int = 0
 
 
-@register_attack("dlg", DLGParams)
+@register_attack("dlg", DLGParams, max_images=8)
 class DLG(MatchingAttack):
     """L2 gradient matching with L-BFGS, labels optimised jointly when withheld (Zhu et al.).
 
@@ -147,13 +134,13 @@ class DLG(MatchingAttack):
         Raises:
             ThreatModelError: the threat model withholds what :attr:`needs` asks for, or the
                 upload does not fit the architecture.
-            ValueError: more images than ``max_images``, or given labels of the wrong shape.
+            ValueError: given labels of the wrong shape.
         """
         start = time.perf_counter()
         p = self.params
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
-                                   needs=self.needs, max_images=p.max_images,
+                                   needs=self.needs,
                                    label_strategy=self.label_strategy(), seed=self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         lr2 = observation.training.lr ** 2

@@ -16,17 +16,25 @@ the attacker.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from attacks.base import Prior
+from attacks.base import Prior, ThreatModelNeeds
 from attacks.matching import MatchingProblem
 from attacks.objectives import cosine_cost, l2_cost
 from fl_shadow.errors import ThreatModelError
 
 GenerativeCost = Literal["l2", "cosine"]
+
+
+def generative_needs(params: Any) -> ThreatModelNeeds:
+    """What GGL and GIAS ask of the threat model: the public-data generator always, labels
+    with ``require_labels``."""
+    return ThreatModelNeeds(labels="attack.params.require_labels is true"
+                            if params.require_labels else None,
+                            generator="its prior is the public-data generator")
 
 
 def require_generator(attack: str, prior: Prior, problem: MatchingProblem) -> nn.Module:

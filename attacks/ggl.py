@@ -40,14 +40,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from attacks.base import Observation, Prior, Reconstruction, register_attack
 from attacks.generative import (
+    generative_needs,
     GenerativeCost,
     decode,
     gradient_units,
@@ -61,15 +63,16 @@ from attacks.matching import (
     MatchingAttack,
     MatchingProblem,
     attack_device,
-    check_ranges,
     prepare_matching,
 )
+from fl_shadow.config import Bool, Float, Int, settings
+from fl_shadow.errors import ConfigError
 from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class GGLParams:
     """``attack.params`` of ``ggl``.
 
@@ -92,34 +95,25 @@ class GGLParams:
         label_strategy: label recovery when the threat model withholds labels
             (:mod:`attacks.label_recovery`).
         require_labels: fail with ThreatModelError unless labels are given.
-        max_images: refuse updates behind more images than this.
         progress: report progress (bar on a terminal, log lines elsewhere).
     """
 
     optimizer: Literal["cma", "adam"] = "cma"
-    budget: int = 150
-    population: int = 0
-    sigma0: float = 0.5
-    lr: float = 0.1
-    restarts: int = 1
+    budget: Annotated[Int, Field(ge=1)] = 150
+    population: Annotated[Int, Field(ge=0)] = 0
+    sigma0: Annotated[Float, Field(gt=0)] = 0.5
+    lr: Annotated[Float, Field(gt=0)] = 0.1
+    restarts: Annotated[Int, Field(ge=1)] = 1
     cost: GenerativeCost = "l2"
-    kld_weight: float = 0.1
+    kld_weight: Annotated[Float, Field(ge=0)] = 0.1
     label_strategy: LabelStrategy = "auto"
-    require_labels: bool = False
-    max_images: int = 8
-    progress: bool = True
+    require_labels: Bool = False
+    progress: Bool = True
 
-    def validate(self, key: str) -> None:
-        check_ranges(key, [
-            (self.budget >= 1, "budget", "an integer >= 1", self.budget),
-            (self.population == 0 or self.population >= 2, "population",
-             "0 (pycma's default) or an integer >= 2", self.population),
-            (self.sigma0 > 0, "sigma0", "a number > 0", self.sigma0),
-            (self.lr > 0, "lr", "a number > 0", self.lr),
-            (self.restarts >= 1, "restarts", "an integer >= 1", self.restarts),
-            (self.kld_weight >= 0, "kld_weight", "a number >= 0", self.kld_weight),
-            (self.max_images >= 1, "max_images", "an integer >= 1", self.max_images),
-        ])
+    def __post_init__(self) -> None:
+        if self.population == 1:
+            raise ConfigError("population: expected 0 (pycma's default) or an integer >= 2, "
+                              "got 1")
 
 
 @dataclass
@@ -131,12 +125,11 @@ class _Search:
     evaluations: int
 
 
-@register_attack("ggl", GGLParams)
+@register_attack("ggl", GGLParams, max_images=8, needs=generative_needs)
 class GGL(MatchingAttack):
     """Generative Gradient Leakage: latent search in the public-data generator."""
 
     name = "ggl"
-    uses_generator = True
     params: GGLParams
 
     def summary(self) -> str:
@@ -155,7 +148,7 @@ class GGL(MatchingAttack):
         p = self.params
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
-                                   needs=self.needs, max_images=p.max_images,
+                                   needs=self.needs,
                                    label_strategy=p.label_strategy, seed=self.seed)
         generator = require_generator(self.name, prior, problem)
         objective = _Objective(problem, generator, p, gradient_units(

@@ -33,14 +33,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from attacks.base import Observation, Prior, Reconstruction, register_attack
 from attacks.generative import (
+    generative_needs,
     GenerativeCost,
     decode,
     gradient_units,
@@ -54,16 +56,16 @@ from attacks.matching import (
     MatchingAttack,
     MatchingProblem,
     attack_device,
-    check_ranges,
     prepare_matching,
 )
 from attacks.objectives import total_variation
+from fl_shadow.config import Bool, Float, Int, settings
 from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class GIASParams:
     """``attack.params`` of ``gias``.
 
@@ -83,42 +85,26 @@ class GIASParams:
         cost: ``cosine`` (reference) or ``l2`` (in gradient units).
         label_strategy: label recovery when the threat model withholds labels.
         require_labels: fail with ThreatModelError unless labels are given.
-        max_images: refuse updates behind more images than this.
         progress: report progress.
     """
 
-    latent_iterations: int = 150
-    latent_lr: float = 3e-2
-    restarts: int = 2
-    generator_iterations: int = 150
-    generator_lr: float = 1e-3
-    tv_weight: float = 1e-6
+    latent_iterations: Annotated[Int, Field(ge=1)] = 150
+    latent_lr: Annotated[Float, Field(gt=0)] = 3e-2
+    restarts: Annotated[Int, Field(ge=1)] = 2
+    generator_iterations: Annotated[Int, Field(ge=0)] = 150
+    generator_lr: Annotated[Float, Field(gt=0)] = 1e-3
+    tv_weight: Annotated[Float, Field(ge=0)] = 1e-6
     cost: GenerativeCost = "cosine"
     label_strategy: LabelStrategy = "auto"
-    require_labels: bool = False
-    max_images: int = 8
-    progress: bool = True
-
-    def validate(self, key: str) -> None:
-        check_ranges(key, [
-            (self.latent_iterations >= 1, "latent_iterations", "an integer >= 1",
-             self.latent_iterations),
-            (self.latent_lr > 0, "latent_lr", "a number > 0", self.latent_lr),
-            (self.restarts >= 1, "restarts", "an integer >= 1", self.restarts),
-            (self.generator_iterations >= 0, "generator_iterations", "an integer >= 0",
-             self.generator_iterations),
-            (self.generator_lr > 0, "generator_lr", "a number > 0", self.generator_lr),
-            (self.tv_weight >= 0, "tv_weight", "a number >= 0", self.tv_weight),
-            (self.max_images >= 1, "max_images", "an integer >= 1", self.max_images),
-        ])
+    require_labels: Bool = False
+    progress: Bool = True
 
 
-@register_attack("gias", GIASParams)
+@register_attack("gias", GIASParams, max_images=8, needs=generative_needs)
 class GIAS(MatchingAttack):
     """Latent search, then per-image generator search (Jeon et al. 2021)."""
 
     name = "gias"
-    uses_generator = True
     params: GIASParams
 
     def summary(self) -> str:
@@ -138,7 +124,7 @@ class GIAS(MatchingAttack):
         p = self.params
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
-                                   needs=self.needs, max_images=p.max_images,
+                                   needs=self.needs,
                                    label_strategy=p.label_strategy, seed=self.seed)
         generator = require_generator(self.name, prior, problem)
         units = gradient_units(problem, observation.training.lr)

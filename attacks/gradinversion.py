@@ -78,10 +78,10 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
 from attacks.base import Observation, Prior, Reconstruction, ThreatModelNeeds, register_attack
@@ -100,16 +100,16 @@ from attacks.matching import (
     MatchingAttack,
     MatchingProblem,
     attack_device,
-    check_ranges,
     prepare_matching,
 )
 from attacks.objectives import cosine_cost, l2_cost, total_variation
+from fl_shadow.config import Bool, Float, Int, settings
 from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class GradInversionParams:
     """``attack.params`` of ``gradinversion`` (defaults measured: see the module docstring).
 
@@ -143,61 +143,45 @@ class GradInversionParams:
         label_strategy: label recovery when the observation withholds labels, see the
             module docstring.
         require_labels: fail with ThreatModelError unless the threat model gives the labels.
-        max_images: refuse updates behind more images than this.
         progress: a progress bar per restart on a terminal, else a log line every tenth.
     """
 
-    iterations: int = 500
-    lr: float = 0.1
+    iterations: Annotated[Int, Field(ge=1)] = 500
+    lr: Annotated[Float, Field(gt=0)] = 0.1
     cost: Literal["cosine", "l2"] = "cosine"
-    grad_weight: float = 1.0
-    bn_weight: float = 0.01
-    first_bn_multiplier: float = 10.0
+    grad_weight: Annotated[Float, Field(gt=0)] = 1.0
+    bn_weight: Annotated[Float, Field(ge=0)] = 0.01
+    first_bn_multiplier: Annotated[Float, Field(ge=0)] = 10.0
     bn_reference: Literal["update", "global"] = "update"
-    tv_weight: float = 3e-2
-    l2_weight: float = 0.0
-    group_size: int = 1
-    group_weight: float = 1e-2
-    group_start: float = 0.5
-    group_every: int = 50
-    registration_shift: int = 1
-    restarts: int = 1
-    signed: bool = True
-    langevin_noise: float = 0.1
-    warmup: int = 50
+    tv_weight: Annotated[Float, Field(ge=0)] = 3e-2
+    l2_weight: Annotated[Float, Field(ge=0)] = 0.0
+    group_size: Annotated[Int, Field(ge=1)] = 1
+    group_weight: Annotated[Float, Field(ge=0)] = 1e-2
+    group_start: Annotated[Float, Field(ge=0, lt=1)] = 0.5
+    group_every: Annotated[Int, Field(ge=1)] = 50
+    registration_shift: Annotated[Int, Field(ge=0)] = 1
+    restarts: Annotated[Int, Field(ge=1)] = 1
+    signed: Bool = True
+    langevin_noise: Annotated[Float, Field(ge=0)] = 0.1
+    warmup: Annotated[Int, Field(ge=0)] = 50
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    boxed: bool = True
+    boxed: Bool = True
     init: ImageInit = "randn"
     label_strategy: LabelStrategy = "auto"
-    require_labels: bool = False
-    max_images: int = 16
-    progress: bool = True
-
-    def validate(self, key: str) -> None:
-        checks = [
-            (self.iterations >= 1, "iterations", "an integer >= 1", self.iterations),
-            (self.lr > 0, "lr", "a number > 0", self.lr),
-            (self.grad_weight > 0, "grad_weight", "a number > 0", self.grad_weight),
-            (self.bn_weight >= 0, "bn_weight", "a number >= 0", self.bn_weight),
-            (self.first_bn_multiplier >= 0, "first_bn_multiplier", "a number >= 0",
-             self.first_bn_multiplier),
-            (self.tv_weight >= 0, "tv_weight", "a number >= 0", self.tv_weight),
-            (self.l2_weight >= 0, "l2_weight", "a number >= 0", self.l2_weight),
-            (self.group_size >= 1, "group_size", "an integer >= 1", self.group_size),
-            (self.group_weight >= 0, "group_weight", "a number >= 0", self.group_weight),
-            (0 <= self.group_start < 1, "group_start", "a number in [0, 1)", self.group_start),
-            (self.group_every >= 1, "group_every", "an integer >= 1", self.group_every),
-            (self.registration_shift >= 0, "registration_shift", "an integer >= 0",
-             self.registration_shift),
-            (self.restarts >= 1, "restarts", "an integer >= 1", self.restarts),
-            (self.langevin_noise >= 0, "langevin_noise", "a number >= 0", self.langevin_noise),
-            (self.warmup >= 0, "warmup", "an integer >= 0", self.warmup),
-            (self.max_images >= 1, "max_images", "an integer >= 1", self.max_images),
-        ]
-        check_ranges(key, checks)
+    require_labels: Bool = False
+    progress: Bool = True
 
 
-@register_attack("gradinversion", GradInversionParams)
+def gradinversion_needs(params: GradInversionParams) -> ThreatModelNeeds:
+    """Labels with ``require_labels``; the client's BatchNorm statistics when the BN prior is
+    on and reads them from the update."""
+    return ThreatModelNeeds(
+        labels="attack.params.require_labels is true" if params.require_labels else None,
+        bn_statistics=("attack.params.bn_reference is 'update' (with bn_weight > 0)"
+                       if params.bn_weight > 0 and params.bn_reference == "update" else None))
+
+
+@register_attack("gradinversion", GradInversionParams, max_images=16, needs=gradinversion_needs)
 class GradInversion(MatchingAttack):
     """Gradient matching + BatchNorm-statistics, TV, l2 and group priors (Yin et al. 2021).
 
@@ -214,16 +198,6 @@ class GradInversion(MatchingAttack):
                 f"bn_weight={p.bn_weight} ({p.bn_reference}), tv_weight={p.tv_weight}, "
                 f"group_size={p.group_size}, restarts={p.restarts}, seed={self.seed})")
 
-    @property
-    def needs(self) -> ThreatModelNeeds:
-        """Labels with ``require_labels``; the client's BatchNorm statistics when the BN prior
-        is on and reads them from the update."""
-        p = self.params
-        return ThreatModelNeeds(
-            labels="attack.params.require_labels is true" if p.require_labels else None,
-            bn_statistics=("attack.params.bn_reference is 'update' (with bn_weight > 0)"
-                           if p.bn_weight > 0 and p.bn_reference == "update" else None))
-
     # ----------------------------------------------------------------------------------------
     def reconstruct(self, observation: Observation, prior: Prior) -> Reconstruction:
         """Reconstruct the images behind one client update.
@@ -235,13 +209,13 @@ class GradInversion(MatchingAttack):
         Raises:
             ThreatModelError: the threat model withholds what :attr:`needs` asks for, or the
                 upload does not fit the architecture.
-            ValueError: more images than ``max_images``, or given labels of the wrong shape.
+            ValueError: given labels of the wrong shape.
         """
         start = time.perf_counter()
         p = self.params
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
-                                   needs=self.needs, max_images=p.max_images,
+                                   needs=self.needs,
                                    label_strategy=p.label_strategy, seed=self.seed)
         labels = problem.labels
         assert labels is not None  # a label strategy is given

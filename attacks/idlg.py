@@ -20,14 +20,13 @@ With labels given by the threat model they are used as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from attacks.base import register_attack
 from attacks.dlg import DLG, DLGParams
 from attacks.label_recovery import LabelStrategy
+from fl_shadow.config import settings
 
 
-@dataclass(frozen=True)
+@settings
 class IDLGParams(DLGParams):
     """``attack.params`` of ``idlg``: those of ``dlg`` plus the label rule.
 
@@ -39,7 +38,7 @@ class IDLGParams(DLGParams):
     label_strategy: LabelStrategy = "auto"
 
 
-@register_attack("idlg", IDLGParams)
+@register_attack("idlg", IDLGParams, max_images=8)
 class IDLG(DLG):
     """DLG with analytic label recovery; only the images are optimised."""
 

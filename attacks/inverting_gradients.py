@@ -26,27 +26,27 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from attacks.base import Observation, Prior, Reconstruction, register_attack
 from attacks.matching import (
     MatchingAttack,
     MatchingProblem,
     attack_device,
-    check_ranges,
     prepare_matching,
 )
 from attacks.objectives import cosine_cost, l2_cost, layer_weights, total_variation
 from attacks.replay import UpdateReplay
+from fl_shadow.config import Bool, Float, Int, settings
 from fl_shadow.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class InvertingGradientsParams:
     """``attack.params`` of ``inverting_gradients``.
 
@@ -79,36 +79,24 @@ class InvertingGradientsParams:
             for one image, else ``support``), ``idlg``, ``support``, ``bias_corrected`` or
             ``yin`` (see :mod:`attacks.label_recovery`).
         require_labels: fail with ThreatModelError unless the observation carries labels.
-        max_images: refuse observations behind more images than this (the cost grows linearly
-            and quality collapses; the run would take hours).
         progress: report progress: a tqdm bar per restart on a terminal, otherwise a log line
             every tenth of the iterations. A log line per restart is always written.
     """
 
-    iterations: int = 500
-    lr: float = 0.1
-    tv_weight: float = 3e-2
-    restarts: int = 1
+    iterations: Annotated[Int, Field(ge=1)] = 500
+    lr: Annotated[Float, Field(gt=0)] = 0.1
+    tv_weight: Annotated[Float, Field(ge=0)] = 3e-2
+    restarts: Annotated[Int, Field(ge=1)] = 1
     cost: Literal["cosine", "l2"] = "cosine"
     layer_weighting: Literal["equal", "linear", "exp"] = "equal"
-    signed: bool = True
-    boxed: bool = True
+    signed: Bool = True
+    boxed: Bool = True
     lr_schedule: Literal["multistep", "constant"] = "multistep"
     init: Literal["randn", "rand"] = "randn"
     label_strategy: Literal["auto", "idlg", "support", "bias_corrected", "yin"] = "auto"
-    require_labels: bool = False
-    max_images: int = 16
-    progress: bool = True
+    require_labels: Bool = False
+    progress: Bool = True
 
-    def validate(self, key: str) -> None:
-        checks = [
-            (self.iterations >= 1, "iterations", "an integer >= 1", self.iterations),
-            (self.lr > 0, "lr", "a number > 0", self.lr),
-            (self.tv_weight >= 0, "tv_weight", "a number >= 0", self.tv_weight),
-            (self.restarts >= 1, "restarts", "an integer >= 1", self.restarts),
-            (self.max_images >= 1, "max_images", "an integer >= 1", self.max_images),
-        ]
-        check_ranges(key, checks)
 
 
 def lr_milestones(iterations: int) -> list[int]:
@@ -116,7 +104,7 @@ def lr_milestones(iterations: int) -> list[int]:
     return [int(iterations / 2.667), int(iterations / 1.6), int(iterations / 1.142)]
 
 
-@register_attack("inverting_gradients", InvertingGradientsParams)
+@register_attack("inverting_gradients", InvertingGradientsParams, max_images=16)
 class InvertingGradients(MatchingAttack):
     """Cosine gradient matching with a TV prior (Geiping et al. 2020).
 
@@ -148,13 +136,13 @@ class InvertingGradients(MatchingAttack):
         Raises:
             ThreatModelError: ``require_labels`` is set and the observation has no labels, or
                 the observation lacks a parameter of the architecture.
-            ValueError: more images than ``max_images``, or labels of the wrong shape.
+            ValueError: labels of the wrong shape.
         """
         start = time.perf_counter()
         p = self.params
         problem = prepare_matching(self.name, observation, prior,
                                    device=attack_device(observation, self.device),
-                                   needs=self.needs, max_images=p.max_images,
+                                   needs=self.needs,
                                    label_strategy=p.label_strategy, seed=self.seed)
         labels, recovered, replay = problem.labels, problem.labels_recovered, problem.replay
         assert labels is not None  # a label strategy is given

@@ -13,7 +13,6 @@ objective and its optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -21,10 +20,10 @@ import torch
 from torch import nn
 
 from attacks.adaptive import defense_model
-from attacks.base import Observation, Prior, ThreatModelNeeds, check_threat_model
+from attacks.base import ATTACKS, Observation, Prior, ThreatModelNeeds, check_threat_model
 from attacks.label_recovery import LabelStrategy, recover_labels_from_update
 from attacks.replay import UpdateReplay
-from fl_shadow.errors import ConfigError, ThreatModelError
+from fl_shadow.errors import ThreatModelError
 
 ImageInit = Literal["randn", "rand"]
 
@@ -110,17 +109,9 @@ class MatchingAttack:
 
     @property
     def needs(self) -> ThreatModelNeeds:
-        """Labels only with ``require_labels`` (withheld labels are recovered or optimised)."""
-        return ThreatModelNeeds(labels="attack.params.require_labels is true"
-                                if self.params.require_labels else None)
-
-
-def check_ranges(key: str, checks: Sequence[tuple[bool, str, str, object]]) -> None:
-    """Raise ConfigError for the first failed ``(ok, name, expected, got)`` of a params
-    dataclass, naming ``{key}.{name}``."""
-    for ok, name, expected, got in checks:
-        if not ok:
-            raise ConfigError(f"{key}.{name}: expected {expected}, got {got!r}")
+        """What the threat model must give this attack with its params (its spec's
+        :attr:`~attacks.base.AttackSpec.needs`)."""
+        return ATTACKS.get(self.name).needs(self.params)
 
 
 def attack_device(observation: Observation, configured: torch.device) -> torch.device:
@@ -132,7 +123,7 @@ def attack_device(observation: Observation, configured: torch.device) -> torch.d
 
 
 def prepare_matching(attack: str, observation: Observation, prior: Prior, *,
-                     device: torch.device, needs: ThreatModelNeeds, max_images: int,
+                     device: torch.device, needs: ThreatModelNeeds,
                      label_strategy: LabelStrategy | None, seed: int = 0) -> MatchingProblem:
     """Check the threat model and build the :class:`MatchingProblem` of ``observation``.
 
@@ -142,7 +133,6 @@ def prepare_matching(attack: str, observation: Observation, prior: Prior, *,
         prior: public knowledge.
         device: where to put the model and tensors.
         needs: the attack's declared threat-model needs.
-        max_images: refuse updates behind more images than this.
         label_strategy: how to recover withheld labels (:mod:`attacks.label_recovery`); None
             leaves them None for attacks that optimise labels themselves (DLG).
         seed: seeds the random draws of the adaptive attacker's defense model (when the
@@ -151,16 +141,11 @@ def prepare_matching(attack: str, observation: Observation, prior: Prior, *,
     Raises:
         ThreatModelError: the observation lacks what ``needs`` asks for, or does not fit the
             public architecture.
-        ValueError: more images than ``max_images``; given labels of the wrong size or range.
+        ValueError: given labels of the wrong size or range.
     """
     num_images = int(observation.num_images)
     if num_images < 1:
         raise ValueError(f"observation.num_images must be >= 1, got {num_images}")
-    if num_images > max_images:
-        raise ValueError(
-            f"{attack}: the update comes from {num_images} images, more than "
-            f"attack.params.max_images={max_images}; raise max_images (cost grows with "
-            "the batch) or attack smaller batches")
     model = prior.model_factory().to(device)
     check_threat_model(attack, needs, observation, model)
     try:
@@ -209,5 +194,4 @@ def _normalization(prior: Prior, device: torch.device) -> tuple[torch.Tensor, to
     return mean.expand(channels).view(1, -1, 1, 1), std.expand(channels).view(1, -1, 1, 1)
 
 
-__all__ = ["ImageInit", "MatchingAttack", "MatchingProblem", "attack_device", "check_ranges",
-           "prepare_matching"]
+__all__ = ["ImageInit", "MatchingAttack", "MatchingProblem", "attack_device", "prepare_matching"]

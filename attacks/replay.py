@@ -1,9 +1,9 @@
 """Differentiable replay of a client's local training, for matching FedAvg updates.
 
 The server knows the local-training plan it sent (:class:`~fl_shadow.training.LocalTraining`:
-optimizer, lr, momentum, weight decay, batch size, epochs or steps) and the example count the
-client reported, so it can simulate the update ``theta_T - theta_0`` that candidate images would
-have produced, as a differentiable function of those images. With one local step this is the
+optimizer, lr, momentum, weight decay, batch size, epochs or steps, FedProx's proximal weight)
+and the example count the client reported, so it can simulate the update ``theta_T - theta_0``
+that candidate images would have produced, as a differentiable function of those images. With one local step this is the
 single-gradient threat model (``-lr * grad`` for plain SGD); with several it is the multi-step
 FedAvg setting of Geiping et al. 2020 (Sec. 6) and breaching's ``UserMultiStep``.
 
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fl_shadow.training import LocalTraining
+from fl_shadow.training import LocalTraining, proximal_term
 
 if TYPE_CHECKING:
-    from attacks.adaptive import DefenseModel
+    from fl_shadow.defenses.base import DefenseModel
 
 # PyTorch's Adam defaults (the client builds torch.optim.Adam with them).
 _ADAM_BETAS = (0.9, 0.999)
@@ -87,7 +87,7 @@ class UpdateReplay:
             returned update and of :meth:`fl_shadow.attacks.base.Observation.parameter_update`).
         slots: slot indices per step, see :func:`step_slots`.
         defense: the adaptive attacker's model of the client's defense
-            (:class:`attacks.adaptive.DefenseModel`), applied where the client applies it:
+            (:class:`fl_shadow.defenses.base.DefenseModel`), applied where the client applies it:
             to each step's batch, to each step's gradient and to the final update; None
             replays an undefended client.
     """
@@ -153,6 +153,9 @@ class UpdateReplay:
                 logits = functional_call(self.model, {**params, **constants}, (batch,))
                 loss = F.cross_entropy(logits, labels[idx])
                 tensors = [params[n] for n in self.names]
+                if self.plan.proximal_mu:  # FedProx: the clients' loss has the proximal term
+                    loss = loss + proximal_term(tensors, [self._initial[n] for n in self.names],
+                                                self.plan.proximal_mu)
                 grads = torch.autograd.grad(loss, tensors, create_graph=create_graph,
                                             allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,17 +25,13 @@ from flwr.client import NumPyClient
 
 from fl_shadow import flower_keys as keys
 from fl_shadow.audit import encode_audit
-from fl_shadow.config import ExperimentConfig
-from fl_shadow.defenses import DefenseContext, build_defense
+from fl_shadow.defenses import Defense, DefenseContext
+from fl_shadow.errors import ProtocolError
 from fl_shadow.metrics import accuracy, macro_f1
-from fl_shadow.models import build_model
-from fl_shadow.training import (
-    LocalTraining,
-    evaluate_loss,
-    predict,
-    resolve_device,
-    train_locally,
-)
+from fl_shadow.training import LocalTraining, evaluate_loss, predict, train_locally
+
+if TYPE_CHECKING:
+    from fl_shadow.generative import ImageGenerator
 
 log = logging.getLogger(__name__)
 
@@ -67,41 +64,43 @@ class LocalData:
     eval_labels: torch.Tensor | None = None
 
 
-def local_training_plan(config: ExperimentConfig, client_id: int) -> LocalTraining:
-    """The plan the server sends this client (its batch size comes from the partition config)."""
-    t = config.train
-    return LocalTraining(lr=t.lr, batch_size=config.partition.batch_size_of(client_id),
-                         local_epochs=t.local_epochs, local_steps=t.local_steps,
-                         momentum=t.momentum, weight_decay=t.weight_decay, optimizer=t.optimizer)
-
-
 class DefendedClient(NumPyClient):
     """A hospital: local data, a defense, and local training.
 
+    Built by the federation builder (:meth:`fl_shadow.apps.federation.Federation.client`) from
+    the experiment config; every argument is one fact the client needs.
+
     Args:
-        config: the experiment config (sent by the server).
-        client_id: partition id (simulation) or a stable node number (deployment).
+        client_id: partition id (simulation) or the hospital's number (deployment).
         data: the client's local images.
+        plan: the local-training plan (:func:`fl_shadow.training.local_training_plan`), the
+            same the curious server's attack replays.
+        model_factory: builds the task model (:class:`fl_shadow.models.ModelArchitecture`).
+        defense_factory: builds the round's defense (validated params inside).
+        seed: the experiment seed; each round's randomness comes from
+            ``(seed, client_id, round)``.
+        device: where training runs.
         context: Flower's node context; the defense's state is kept in ``context.state``
             between rounds (None: no state kept).
         send_audit: attach the audit record to the metrics (simulation only).
+        public_generator: the experiment's public-data generator, for generative defenses.
     """
 
-    def __init__(self, config: ExperimentConfig, client_id: int, data: LocalData,
-                 context: Context | None = None, *, send_audit: bool) -> None:
-        self.config = config
+    def __init__(self, *, client_id: int, data: LocalData, plan: LocalTraining,
+                 model_factory: Callable[[], torch.nn.Module],
+                 defense_factory: Callable[[], Defense], seed: int, device: torch.device,
+                 context: Context | None = None, send_audit: bool,
+                 public_generator: Callable[[], ImageGenerator] | None = None) -> None:
         self.client_id = client_id
         self.data = data
+        self.plan = plan
+        self.defense_factory = defense_factory
+        self.seed = seed
+        self.device = device
         self.context = context
         self.send_audit = send_audit
-        self.device = resolve_device(config.train.device)
-        self.model = self._new_model()
-
-    def _new_model(self) -> torch.nn.Module:
-        m = self.config.model
-        c, h, _ = self.data.images.shape[1:]
-        return build_model(m.name, in_channels=int(c), num_classes=self.data.num_classes,
-                           image_size=int(h), width=m.width, norm=m.norm).to(self.device)
+        self.public_generator = public_generator
+        self.model = model_factory().to(device)
 
     def _normalized(self, images: torch.Tensor | None = None) -> torch.Tensor:
         mean = torch.tensor(self.data.mean).view(1, -1, 1, 1)
@@ -111,22 +110,35 @@ class DefendedClient(NumPyClient):
 
     def _context(self, config: Mapping[str, object]) -> DefenseContext:
         """The round's defense context; seeds torch and the private generator per round."""
-        server_round = int(config[keys.SERVER_ROUND])
+        server_round = _required_int(config, keys.SERVER_ROUND)
+        num_rounds = _required_int(config, keys.NUM_ROUNDS)
         seed = int(np.random.SeedSequence(
-            [self.config.seed, self.client_id, server_round]).generate_state(1)[0])
+            [self.seed, self.client_id, server_round]).generate_state(1)[0])
         torch.manual_seed(seed)
-        return DefenseContext(server_round=server_round, num_rounds=int(config[keys.NUM_ROUNDS]),
+        return DefenseContext(server_round=server_round, num_rounds=num_rounds,
                               client_id=self.client_id, device=self.device,
                               generator=torch.Generator().manual_seed(seed),
-                              mean=self.data.mean, std=self.data.std, experiment=self.config)
+                              mean=self.data.mean, std=self.data.std,
+                              public_generator=self.public_generator)
 
     def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:
         return [v.detach().cpu().numpy() for v in self.model.state_dict().values()]
 
     def _set_parameters(self, parameters: list[np.ndarray]) -> dict[str, torch.Tensor]:
         state = self.model.state_dict()
+        if len(parameters) == 0:
+            raise ProtocolError("the server sent no model weights (empty parameters): this "
+                                "client needs the server to send the global model; a "
+                                "fl_shadow server sends it from round 1 (README: 'Message "
+                                "protocol')")
         if len(parameters) != len(state):
-            raise ValueError(f"received {len(parameters)} arrays, the model has {len(state)}")
+            raise ProtocolError(f"the server sent {len(parameters)} arrays, this client's "
+                                f"model has {len(state)} (a different model.name/width?)")
+        bad = [k for k, v in zip(state, parameters) if tuple(np.shape(v)) != tuple(state[k].shape)]
+        if bad:
+            raise ProtocolError(f"the server's array for {bad[0]} has shape "
+                                f"{tuple(np.shape(parameters[list(state).index(bad[0])]))}, "
+                                f"this client's model has {tuple(state[bad[0]].shape)}")
         new_state = {k: torch.as_tensor(np.asarray(v)).to(state[k].dtype)
                      for k, v in zip(state, parameters, strict=True)}
         self.model.load_state_dict(new_state)
@@ -139,13 +151,12 @@ class DefendedClient(NumPyClient):
         ctx = self._context(config)
         server_round, generator = ctx.server_round, ctx.generator
 
-        defense = build_defense(self.config.defense.name, self.config.defense.params)
+        defense = self.defense_factory()
         self._load_defense_state(defense)
         images, labels = self._normalized(), self.data.labels.to(self.device)
         defense.setup(images, labels, self.model, ctx)
         model = defense.wrap_model(self.model, ctx)
-        plan = local_training_plan(self.config, self.client_id)
-        result = train_locally(model, images, labels, plan, defense=defense, ctx=ctx,
+        result = train_locally(model, images, labels, self.plan, defense=defense, ctx=ctx,
                                generator=generator)
 
         local_state = defense.unwrap_state(model)
@@ -174,7 +185,7 @@ class DefendedClient(NumPyClient):
         """Evaluate the global model as this client uses it (through the defense's private
         wrap, e.g. FedKL's key-lock) on the held-out images (the local ones if none)."""
         self._set_parameters(parameters)
-        defense = build_defense(self.config.defense.name, self.config.defense.params)
+        defense = self.defense_factory()
         self._load_defense_state(defense)
         model = defense.wrap_model(self.model, self._context(config))
         if self.data.eval_images is not None and self.data.eval_labels is not None:
@@ -202,3 +213,12 @@ class DefendedClient(NumPyClient):
         if state:
             self.context.state[DEFENSE_STATE_KEY] = ArrayRecord(
                 {k: v.detach().cpu() for k, v in state.items()})
+
+
+def _required_int(config: Mapping[str, object], key: str) -> int:
+    """An integer the fit/evaluate config must carry; one line naming it otherwise."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"the server's config has no integer {key!r} (got {value!r}); a "
+                            "fl_shadow server sends it every round (README: 'Message protocol')")
+    return value

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 
-import yaml
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client.mod import LocalDpMod, fixedclipping_mod
@@ -33,13 +32,17 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.compat.common import recorddict_compat as compat
 
 from fl_shadow import flower_keys as keys
-from fl_shadow.config import FlowerDpConfig, load_config_dict
-from fl_shadow.errors import ConfigError
+from fl_shadow.config import FlowerDpConfig, load_config_dict, parse_yaml
+from fl_shadow.errors import ConfigError, ProtocolError
 
 
 @functools.lru_cache(maxsize=4)
 def _flower_dp_of(experiment_yaml: str) -> FlowerDpConfig:
-    return load_config_dict(yaml.safe_load(experiment_yaml)).strategy.flower_dp
+    try:
+        return load_config_dict(parse_yaml(experiment_yaml, "the server's experiment config")
+                                ).strategy.flower_dp
+    except ConfigError as exc:
+        raise ProtocolError(f"the server's experiment config is not valid here: {exc}") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,13 +60,15 @@ def flower_dp_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> 
     """Run the experiment's Flower DP mod (if any) around a train message.
 
     Raises:
-        ConfigError: a train message without the experiment config.
+        ProtocolError: a train message without the experiment config.
     """
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
     config = compat.recorddict_to_fitins(msg.content, keep_input=True).config
     if keys.EXPERIMENT not in config:
-        raise ConfigError(f"fit config: the server sent no {keys.EXPERIMENT!r} (the experiment "
-                          "config this client needs)")
+        raise ProtocolError(f"the server sent no {keys.EXPERIMENT!r} in the fit config: this "
+                            "client needs the experiment config (YAML text) with every "
+                            "message, as the fl_shadow ServerApp sends it (README: 'Message "
+                            "protocol')")
     mod = client_mod(_flower_dp_of(str(config[keys.EXPERIMENT])))
     return call_next(msg, ctxt) if mod is None else mod(msg, ctxt, call_next)

@@ -1,27 +1,20 @@
-"""The measured attack table: every attack against FedAvg on the offline default (issue 4).
+"""The measured attack table: every attack against one federation's updates (issue 4).
 
 For each row of ``experiments/configs/attack_table.yaml`` (an attack and its params), the
 curious server's view of a real run is rebuilt and attacked: the global model of each listed
-round, and the update each listed client sends back from it. Outside Flower, so the attack's
-timing is not blurred by Ray and the federation is replayed once for all rows:
+round, and the update each listed client sends back from it.
 
-* round 1's global model is the initial model, seeded as
-  :func:`fl_shadow.server_app.build_strategy` seeds it;
-* later rounds come from replaying the federation in-process: every client trains with the
-  project's own :meth:`clients.defended.DefendedClient.fit` (data loaded by the ClientApp's
-  :func:`fl_shadow.client_app.load_local_data`, the fit config
-  :class:`strategies.curious_fedavg.CuriousFedAvg` sends) and the replies are averaged by
-  Flower's own FedAvg code (``aggregate_inplace``, sample-weighted) in partition order, as
-  the strategy sorts them. Client training runs on one torch thread, as each client does in a
-  simulation with ``client-resources-num-cpus=1`` (Ray pins its workers' thread pools to
-  their CPUs). The central evaluation after every round is kept, and the final one is checked
-  against a real ``flwr run`` of the same config (``replay_check`` in the YAML);
-* each attack sees what :class:`strategies.attack_hook.AttackHook` builds (it is reused, with
-  the base config's threat model and only ``attack.name``/``attack.params`` replaced by the
-  row), with the prior of ``build_strategy`` (public images, the public-data generator for
-  attacks with ``uses_generator``), and is scored by :class:`fl_shadow.scoring.Scorer` as the
-  strategy scores it: PSNR/SSIM/LPIPS on one assignment, label accuracy, foreground scores,
-  reference-classifier accuracy.
+* The federation is replayed once for all rows, in-process, by the same code a run uses
+  (:func:`fl_shadow.apps.inprocess.run_in_process`: the ServerApp's strategy, the ClientApp and
+  Flower's own server loop, clients on one torch thread each), with an honest server; a tap
+  keeps the listed rounds' global models and the listed clients' updates as they arrived. The
+  central evaluation of every round is kept, and the final one can be checked against a real
+  ``flwr run`` of the same config (``replay_check`` in the YAML).
+* Each row's attack is then run on the kept updates through the hook the curious server uses
+  (:meth:`fl_shadow.apps.federation.Federation.attack_hook` of the base config with only
+  ``attack.name``/``attack.params`` replaced: the same threat model, prior and adaptive
+  knowledge), and scored by the federation's scorer, outside the attack: PSNR/SSIM/LPIPS on one
+  assignment, label accuracy, foreground scores, reference-classifier accuracy.
 
 Each row records ``seconds`` (the attack's own wall time, ``Reconstruction.seconds``),
 ``iterations`` and ``seconds_per_iteration``. Results are merged into ``<out>.json`` (rows of
@@ -41,7 +34,6 @@ results file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -50,8 +42,8 @@ import math
 import os
 import platform
 import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,23 +51,18 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from flwr.app import Context, RecordDict
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.server.strategy.aggregate import aggregate_inplace
 from runs import ROOT
 
-from attacks import ATTACKS, Prior
-from clients.defended import DefendedClient, local_training_plan
+from attacks import ATTACKS
 from fl_shadow import flower_keys as keys
-from fl_shadow.client_app import load_local_data
-from fl_shadow.config import ExperimentConfig, build_params, load_config
-from fl_shadow.data import DatasetSplits, load_dataset
+from fl_shadow.apps.experiment import check_experiment, load_experiment
+from fl_shadow.apps.federation import Federation
+from fl_shadow.apps.inprocess import run_in_process
+from fl_shadow.config import ExperimentConfig, resolve_config_path
 from fl_shadow.errors import ConfigError
-from fl_shadow.reference_classifier import train_reference_classifier
-from fl_shadow.scoring import Scorer
-from fl_shadow.server_app import attack_generator, make_evaluate_fn, model_builder
+from fl_shadow.report import read_jsonl
 from fl_shadow.training import resolve_device
-from strategies.attack_hook import AttackHook
+from strategies import ReceivedUpdate, Skipped
 
 log = logging.getLogger("attack_table")
 
@@ -189,7 +176,8 @@ def parse_spec(raw: Any) -> TableSpec:
                 or not all(isinstance(v, str) for v in check.values())):
             raise ConfigError(f"replay_check: expected {{results: PATH, row: NAME}}, got {check!r}")
         replay_check = (_resolve(check["results"]), check["row"])
-    return TableSpec(base=_resolve(raw["base"]), overrides=tuple(overrides),
+    return TableSpec(base=resolve_config_path(raw["base"], relative_to=ROOT),
+                     overrides=tuple(overrides),
                      rounds=_int_list(raw.get("rounds"), "rounds", 1),
                      clients=_int_list(raw.get("clients"), "clients", 0),
                      rows=tuple(rows), replay_check=replay_check)
@@ -207,15 +195,9 @@ def load_spec(path: Path) -> TableSpec:
 
 
 def base_config(spec: TableSpec, extra_overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The federation's config; checks that the spec's rounds and clients exist in it."""
-    config = load_config(spec.base, [*spec.overrides, *extra_overrides])
-    if config.strategy.flower_dp.mode != "none":
-        raise ConfigError("strategy.flower_dp.mode: the replay runs plain FedAvg (Flower's DP "
-                          "wrappers and client mods are not replayed); got "
-                          f"{config.strategy.flower_dp.mode!r}")
-    if config.strategy.fraction_fit < 1:
-        raise ConfigError("strategy.fraction_fit: the replay trains every client every round "
-                          f"(1.0); got {config.strategy.fraction_fit}")
+    """The federation's config, checked whole; checks that the spec's rounds and clients
+    exist in it."""
+    config, _ = load_experiment(spec.base, [*spec.overrides, *extra_overrides])
     bad_rounds = [r for r in spec.rounds if r > config.train.rounds]
     if bad_rounds:
         raise ConfigError(f"rounds: {bad_rounds[0]} is after the federation's last round "
@@ -233,12 +215,14 @@ def row_config(config: ExperimentConfig, row: TableRow) -> ExperimentConfig:
         config.attack, name=row.attack, params=dict(row.params)))
 
 
-def runnable_rows(rows: Sequence[TableRow]) -> tuple[list[TableRow], dict[str, str]]:
+def runnable_rows(config: ExperimentConfig, rows: Sequence[TableRow]
+                  ) -> tuple[list[TableRow], dict[str, str]]:
     """Split ``rows`` into those to run and ``{label: why skipped}``.
 
-    A row whose attack is not registered is skipped (it may be written later); the params of
-    a registered one are validated now, before the federation is replayed, with the key named
-    as ``<label>.params.<field>``.
+    A row whose attack is not registered is skipped (it may be written later); a registered
+    one is checked whole against the base config now (its params, its threat-model needs,
+    ``attack.max_images``), before the federation is replayed, with the key named as
+    ``<label>: ...``.
     """
     run, skipped = [], {}
     for row in rows:
@@ -246,7 +230,10 @@ def runnable_rows(rows: Sequence[TableRow]) -> tuple[list[TableRow], dict[str, s
             skipped[row.label] = (f"attack {row.attack!r} is not registered (known: "
                                   f"{', '.join(ATTACKS.names())}); row skipped")
             continue
-        build_params(ATTACKS.get(row.attack).params_type, row.params, f"{row.label}.params")
+        try:
+            check_experiment(row_config(config, row), data=False)
+        except ConfigError as exc:
+            raise ConfigError(f"{row.label}: {exc}") from None
         run.append(row)
     return run, skipped
 
@@ -255,119 +242,64 @@ def runnable_rows(rows: Sequence[TableRow]) -> tuple[list[TableRow], dict[str, s
 # The federation, replayed
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ClientReply:
-    """What one client sent back in one round (its ``fit`` result)."""
-
-    arrays: list[np.ndarray]
-    num_examples: int
-    metrics: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class RoundView:
-    """What the curious server holds in one round: the model it sent and the replies."""
+    """What the curious server holds in one round: the model it sent and the kept replies."""
 
     server_round: int
     global_arrays: list[np.ndarray]
-    replies: dict[int, ClientReply]
+    replies: dict[int, ReceivedUpdate]
 
 
 @dataclass(frozen=True)
-class Federation:
+class Replay:
     """A replayed federation.
 
     Attributes:
         rounds: the kept rounds' views (only the kept clients' replies).
         utility: central evaluation per round (0 = the initial model): ``round``, ``loss``,
             ``accuracy``, ``macro_f1``.
-        final_arrays: the global model after the last round.
         seconds: wall time of the replay.
+        run_dir: the replay's results folder (its ``fit.jsonl``, ``utility.jsonl``, ...).
     """
 
     rounds: dict[int, RoundView]
     utility: list[dict[str, float]]
-    final_arrays: list[np.ndarray]
     seconds: float
+    run_dir: Path
 
 
-def initial_arrays(config: ExperimentConfig, splits: DatasetSplits) -> list[np.ndarray]:
-    """Round 1's global model, seeded as ``build_strategy`` seeds it."""
-    torch.manual_seed(config.seed)
-    return [v.detach().cpu().numpy() for v in model_builder(config, splits)().state_dict().values()]
+def replay_federation(config: ExperimentConfig, run_dir: Path, *, keep_rounds: Sequence[int],
+                      keep_clients: Sequence[int]) -> Replay:
+    """Run ``config``'s federation in-process with an honest server; keep what the attacks
+    need.
 
-
-def fedavg(replies: Sequence[ClientReply]) -> list[np.ndarray]:
-    """Flower's FedAvg average (``aggregate_inplace``: weights by example count), in order."""
-    results = [(None, FitRes(status=Status(Code.OK, ""),
-                             parameters=ndarrays_to_parameters(r.arrays),
-                             num_examples=r.num_examples, metrics={})) for r in replies]
-    return aggregate_inplace(results)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block on ``n`` intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def replay_federation(config: ExperimentConfig, splits: DatasetSplits, *,
-                      keep_rounds: Sequence[int], keep_clients: Sequence[int],
-                      device: torch.device, client_threads: int = 1) -> Federation:
-    """Run every round of ``config``'s FedAvg in-process; keep what the attacks need.
-
-    Args:
-        config: the federation (every client trains every round).
-        splits: its dataset.
-        keep_rounds: rounds whose global model and replies are kept.
-        keep_clients: clients whose replies are kept.
-        device: where the central evaluation runs (clients use ``train.device``).
-        client_threads: torch threads for client training (a simulated client's CPUs).
+    The federation is the one ``flwr run`` runs (:func:`fl_shadow.apps.inprocess.
+    run_in_process`: the project's ServerApp strategy, ClientApp and Flower's server loop),
+    with ``attack.name: none`` so that the rows attack the kept updates afterwards; the
+    clients train on one torch thread each, as a simulated client does.
     """
-    start = time.perf_counter()
-    build = model_builder(config, splits)
-    evaluate = make_evaluate_fn(config, splits, build, device)
-    arrays = initial_arrays(config, splits)
-    n = config.partition.num_clients
-    clients = []
-    for cid in range(n):
-        node = {keys.NODE_PARTITION_ID: cid, keys.NODE_NUM_PARTITIONS: n}
-        client_id, data, _ = load_local_data(config, node)
-        # A node state per client, as Flower keeps one per node across rounds (defense state).
-        context = Context(run_id=1, node_id=cid, node_config=node, state=RecordDict(),
-                          run_config={})
-        clients.append(DefendedClient(config, client_id, data, context, send_audit=True))
-
-    def evaluated(server_round: int, model: list[np.ndarray]) -> dict[str, float]:
-        loss, m = evaluate(server_round, model, {})
-        return {"round": server_round, "loss": float(loss), "accuracy": float(m["accuracy"]),
-                "macro_f1": float(m["macro_f1"])}
-
-    utility = [evaluated(0, arrays)]
+    honest = dataclasses.replace(config, attack=dataclasses.replace(config.attack, name="none",
+                                                                    params={}))
     views: dict[int, RoundView] = {}
-    for server_round in range(1, config.train.rounds + 1):
-        # What CuriousFedAvg._round_config sends with every fit instruction.
-        fit_config = {keys.SERVER_ROUND: server_round, keys.NUM_ROUNDS: config.train.rounds,
-                      keys.EXPERIMENT: config.to_yaml()}
-        with torch_threads(client_threads):
-            replies = [ClientReply(*c.fit(arrays, fit_config)) for c in clients]
-        if server_round in keep_rounds:
-            views[server_round] = RoundView(server_round, arrays,
-                                            {c: replies[c] for c in keep_clients})
-        arrays = fedavg(replies)
-        utility.append(evaluated(server_round, arrays))
-        log.info("replay round %d: accuracy %.4f, macro-F1 %.4f", server_round,
-                 utility[-1]["accuracy"], utility[-1]["macro_f1"])
-    return Federation(views, utility, arrays, time.perf_counter() - start)
+
+    def keep(server_round: int, global_arrays: list[np.ndarray],
+             update: ReceivedUpdate) -> None:
+        if server_round in keep_rounds and update.client_id in keep_clients:
+            view = views.setdefault(server_round,
+                                    RoundView(server_round, global_arrays, {}))
+            view.replies[update.client_id] = update
+
+    run = run_in_process(Federation(honest), run_dir, tap=keep)
+    utility = [{k: float(r[k]) for k in ("round", "loss", "accuracy", "macro_f1")}
+               for r in read_jsonl(run_dir / "utility.jsonl")]
+    for row in utility:
+        row["round"] = int(row["round"])
+    return Replay(views, utility, run.seconds, run_dir)
 
 
-def check_replay(federation: Federation, check: tuple[Path, str] | None) -> dict[str, Any]:
+def check_replay(replay: Replay, check: tuple[Path, str] | None) -> dict[str, Any]:
     """Compare the replay's final evaluation with the real run named by ``check``."""
-    final = federation.utility[-1]
+    final = replay.utility[-1]
     out: dict[str, Any] = {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"]}
     if check is None:
         return out
@@ -394,57 +326,32 @@ def check_replay(federation: Federation, check: tuple[Path, str] | None) -> dict
 # Attacks
 # --------------------------------------------------------------------------------------------
 class Server:
-    """The curious server's fixed parts, built once as ``build_strategy`` builds them."""
+    """The curious server's fixed parts, built once from the base federation: the scorer (and
+    its reference classifier) is shared by every row."""
 
-    def __init__(self, config: ExperimentConfig, splits: DatasetSplits,
-                 device: torch.device) -> None:
+    def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
-        self.splits = splits
-        self.device = device
-        self.build = model_builder(config, splits)
-        self.state_keys = list(self.build().state_dict())
-        reference = None
-        if len(splits.public):
-            reference = train_reference_classifier(
-                splits.public, num_classes=splits.num_classes, mean=splits.mean,
-                std=splits.std, seed=config.seed)
-        self.scorer = Scorer(splits.train, model_factory=self.build, state_keys=self.state_keys,
-                             mean=splits.mean, std=splits.std, reference=reference)
-        self._generator: torch.nn.Module | None = None
+        self.federation = Federation(config)
+        self.scorer = self.federation.scorer()
 
-    def prior(self, config: ExperimentConfig) -> Prior:
-        """The public prior of ``build_strategy`` (one generator shared by every row)."""
-        generator = None
-        if getattr(ATTACKS.get(config.attack.name).factory, "uses_generator", False):
-            if self._generator is None:
-                self._generator = attack_generator(config)
-            generator = self._generator
-        s = self.splits
-        return Prior(model_factory=self.build, image_shape=s.image_shape,
-                     num_classes=s.num_classes, mean=s.mean, std=s.std,
-                     public_images=s.public.images if len(s.public) else None,
-                     generator=generator)
-
-    def attack_row(self, row: TableRow, federation: Federation, rounds: Sequence[int],
+    def attack_row(self, row: TableRow, replay: Replay, rounds: Sequence[int],
                    clients: Sequence[int]) -> list[dict[str, Any]]:
         """Run ``row``'s attack on every (round, client) and score it; one dict each."""
-        config = row_config(self.config, row)
-        hook = AttackHook(config, self.prior(config), self.state_keys,
-                          label_lookup=self.splits.train.labels, device=self.device)
+        hook = Federation(row_config(self.config, row)).attack_hook()
+        assert hook is not None  # rows name registered attacks
         out = []
         for server_round in rounds:
-            view = federation.rounds[server_round]
+            view = replay.rounds[server_round]
             for cid in clients:
-                reply = view.replies[cid]
+                update = view.replies[cid]
                 base = {"label": row.label, "attack": row.attack, "params": dict(row.params),
                         "round": server_round, "client": cid,
-                        "images": reply.num_examples,
-                        "batch_size": local_training_plan(config, cid).batch_size,
-                        "local_steps": int(reply.metrics[keys.NUM_STEPS])}
-                outcome = hook.run(server_round, cid, view.global_arrays, reply.arrays,
-                                   reply.num_examples, reply.metrics)
-                if outcome is None:
-                    out.append({**base, "skipped": "more images than attack.max_images"})
+                        "images": update.num_examples,
+                        "batch_size": self.federation.plan_for(cid).batch_size,
+                        "local_steps": int(update.metrics[keys.NUM_STEPS])}
+                outcome = hook.run(server_round, view.global_arrays, update)
+                if isinstance(outcome, Skipped):
+                    out.append({**base, "skipped": outcome.reason})
                     continue
                 rec = outcome.reconstruction
                 scores = self.scorer.score(rec, outcome.audit, view.global_arrays)
@@ -550,6 +457,27 @@ def merge_results(existing: dict[str, Any] | None, *, settings: dict[str, Any], 
             "federation": federation, "runs": runs, "rows": rows}
 
 
+def describe_federation(config: ExperimentConfig, spec: TableSpec) -> str:
+    """The federation and threat model in words, from the config (never hard-coded prose)."""
+    p, t, a, d = config.partition, config.train, config.attack, config.defense
+    sizes = (f"{p.num_clients} hospitals of {'/'.join(map(str, p.sizes))} images"
+             if p.sizes is not None else f"{p.num_clients} hospitals ({p.scheme} partition)")
+    defense = "no defense" if d.name == "none" else (
+        f"defense `{d.name}`" + (f" ({', '.join(f'{k}={v}' for k, v in d.params.items())})"
+                                 if d.params else " (default parameters)"))
+    steps = (f"{t.local_steps} local steps" if t.local_steps is not None
+             else f"{t.local_epochs} local epoch(s)")
+    return (f"{sizes} at batch sizes {'/'.join(map(str, p.batch_sizes))} on "
+            f"{config.data.dataset} {config.data.image_size} px, {config.model.name} "
+            f"(width {config.model.width}, norm {config.model.norm}), strategy "
+            f"`{config.strategy.name}`, {defense}, seed {config.seed}, {t.rounds} rounds of "
+            f"{steps} of {t.optimizer} (lr {t.lr:g}); replayed in-process. Attacked: rounds "
+            f"{', '.join(map(str, spec.rounds))}, clients {', '.join(map(str, spec.clients))}. "
+            f"Threat model: labels {'given' if a.labels == 'given' else 'recovered from the update'}"
+            f", BatchNorm statistics {a.bn_statistics}"
+            f"{', adaptive attacker (knows the defense)' if a.adaptive else ''}.")
+
+
 def _fmt(value: Any, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -557,14 +485,10 @@ def _fmt(value: Any, digits: int) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The table, the replay check and the machines, from a results dict."""
     fed = results["federation"]
-    lines = ["# Every attack against FedAvg (offline default)", "",
-             f"Produced by `python experiments/attack_table.py` from `{results['spec']}`: the "
-             "default federation (4 hospitals of 1/4/32/128 images at batch sizes 1/4/8/16, "
-             "ConvNet width 32 with BatchNorm, no defense, seed 0) replayed in-process; each "
-             "attack at its default parameters unless listed, on the updates of the one-image "
-             "hospital (client 0, batch 1) and the four-image hospital (client 1, batch 4). "
-             "Threat model of the default: labels recovered from the update, BatchNorm "
-             "statistics read from it, one local epoch of SGD (lr 0.05). Scored as a run "
+    lines = ["# Attacks on one federation's updates", "",
+             f"Produced by `python experiments/attack_table.py` from `{results['spec']}`: "
+             f"{fed.get('description', '(federation not described)')} Each attack at its "
+             "default parameters unless listed. Scored as a run "
              "scores: images in [0, 1], one assignment, PSNR (dB) / SSIM / LPIPS (AlexNet), "
              "label accuracy of the matched pairs. Iterations: the attack's objective "
              "evaluations (one gradient-matching loss and its gradient each: Adam steps for "
@@ -638,7 +562,7 @@ def run_table(spec: TableSpec, *, spec_path: str, only: Sequence[str] | None, ou
     """
     config = base_config(spec, extra_overrides)
     selected = spec.select(only)
-    rows, skipped = runnable_rows(selected)
+    rows, skipped = runnable_rows(config, selected)
     for label, why in skipped.items():
         log.warning("%s: %s", label, why)
     settings = federation_settings(config)
@@ -647,13 +571,13 @@ def run_table(spec: TableSpec, *, spec_path: str, only: Sequence[str] | None, ou
     existing = read_results(json_path)
     check_same_federation(existing, settings)  # before the replay, not after it
     device = resolve_device(config.train.device)
-    splits = load_dataset(config.data, seed=config.seed)
-    federation = replay_federation(config, splits, keep_rounds=spec.rounds,
-                                   keep_clients=spec.clients, device=device)
-    fed_summary = {**check_replay(federation, spec.replay_check),
-                   "utility": federation.utility,
-                   "replay_seconds": round(federation.seconds, 2)}
-    server = Server(config, splits, device)
+    with tempfile.TemporaryDirectory(prefix="attack-table-replay-") as tmp:
+        replay = replay_federation(config, Path(tmp) / "run", keep_rounds=spec.rounds,
+                                   keep_clients=spec.clients)
+    fed_summary = {**check_replay(replay, spec.replay_check), "utility": replay.utility,
+                   "replay_seconds": round(replay.seconds, 2),
+                   "description": describe_federation(config, spec)}
+    server = Server(config)
     invocation = {"labels": [], "skipped": skipped, "machine": machine_info(device),
                   "extra_overrides": list(extra_overrides)}
     results = existing
@@ -664,7 +588,7 @@ def run_table(spec: TableSpec, *, spec_path: str, only: Sequence[str] | None, ou
                                 order=[r.label for r in spec.rows], overrides=overrides)
         write_results(results, out)
     for row in rows:
-        done += server.attack_row(row, federation, spec.rounds, spec.clients)
+        done += server.attack_row(row, replay, spec.rounds, spec.clients)
         invocation = {**invocation, "labels": [*invocation["labels"], row.label],
                       "load_average_after": [round(v, 2) for v in os.getloadavg()]}
         # Written after every row, from the file as it was, so a crash keeps finished rows.

@@ -25,15 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks import Prior
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
-from fl_shadow.config import load_config
-from fl_shadow.data import client_dataset, load_dataset
-from fl_shadow.scoring import Scorer
-from fl_shadow.server_app import model_builder
-from fl_shadow.training import resolve_device
-from strategies.attack_hook import AttackHook
+from fl_shadow.apps.experiment import load_experiment
+from fl_shadow.apps.federation import Federation
+from fl_shadow.data import client_dataset
+from strategies import ReceivedUpdate, Skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
 
-    config = load_config(args.config, args.set)
-    device = resolve_device(config.train.device)
     t0 = time.perf_counter()
-    splits = load_dataset(config.data, seed=config.seed)
+    config, components = load_experiment(args.config, args.set)
+    federation = Federation(config, components)
+    splits = federation.splits
     data_seconds = time.perf_counter() - t0
-    build = model_builder(config, splits)
-    torch.manual_seed(config.seed)
-    arrays = [v.numpy() for v in build().state_dict().values()]
-    state_keys = list(build().state_dict())
+    device = federation.device
+    arrays = federation.initial_arrays()
 
     fit_cfg = {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: config.train.rounds}
     client_times: dict[int, float] = {}
@@ -63,26 +58,23 @@ def main(argv: list[str] | None = None) -> int:
                          splits.std, splits.num_classes)
         times = []
         for _ in range(args.repeats):
-            client = DefendedClient(config, cid, data, None, send_audit=True)
+            client = federation.client_for(cid, data, context=None, send_audit=True)
             start = time.perf_counter()
             updates[cid] = client.fit(arrays, fit_cfg)
             times.append(time.perf_counter() - start)
         client_times[cid] = statistics.median(times)
 
     attack_rows = []
-    if config.attack.name != "none":
-        prior = Prior(model_factory=build, image_shape=splits.image_shape,
-                      num_classes=splits.num_classes, mean=splits.mean, std=splits.std)
-        hook = AttackHook(config, prior, state_keys, label_lookup=splits.train.labels,
-                          device=device)
-        scorer = Scorer(splits.train)
+    hook = federation.attack_hook()
+    if hook is not None:
+        scorer = federation.scorer()
         for cid in config.attack.clients or range(config.partition.num_clients):
             sent, n, metrics = updates[cid]
-            outcome = hook.run(1, cid, arrays, sent, n, metrics)
-            if outcome is None:
+            outcome = hook.run(1, arrays, ReceivedUpdate(cid, sent, n, metrics))
+            if isinstance(outcome, Skipped):
                 continue
             rec = outcome.reconstruction
-            scores = scorer.score(rec, outcome.audit)
+            scores = scorer.score(rec, outcome.audit, arrays)
             attack_rows.append({
                 "client": cid, "images": int(rec.images.shape[0]),
                 "iterations": rec.iterations, "seconds": round(rec.seconds, 2),

@@ -1,6 +1,6 @@
 """Privacy-utility table: every defense against Inverting Gradients on the offline default.
 
-One federation per row, all from ``experiments/configs/default.yaml`` (same data, partition,
+One federation per row, all from ``fl_shadow/configs/default.yaml`` (same data, partition,
 seed, 10 rounds, attack on the 1-image and 4-image hospitals in rounds 1 and 10), each with one
 defense at its default parameters (the Shadow Defense from ``shadow.yaml``, which only sets its
 training rounds to fit a 10-round run). For each row: attack PSNR / SSIM / LPIPS / MSE and the
@@ -32,7 +32,9 @@ from typing import Any
 import torch
 from runs import ROOT, load_run, mean_fit_seconds, run_once
 
-DEFAULT = ROOT / "experiments/configs/default.yaml"
+from fl_shadow.config import SHIPPED_CONFIGS
+
+DEFAULT = SHIPPED_CONFIGS / "default.yaml"
 # (row label, results folder, config, overrides): the defaults, plus DP at a noise level that
 # keeps the model trainable (at its default sigma = 1 the model does not learn at all here).
 ROWS: list[tuple[str, str, Path, list[str]]] = [
@@ -48,7 +50,7 @@ ROWS: list[tuple[str, str, Path, list[str]]] = [
     ("fedkl, sigmoid lock", "fedkl-sigmoid", DEFAULT,
      ["defense.name=fedkl", "defense.params.activation=sigmoid"]),
     ("latent_minimax", "latent_minimax", DEFAULT, ["defense.name=latent_minimax"]),
-    ("shadow", "shadow", ROOT / "experiments/configs/shadow.yaml", []),
+    ("shadow", "shadow", SHIPPED_CONFIGS / "shadow.yaml", []),
     ("soteria", "soteria", DEFAULT, ["defense.name=soteria"]),  # last: ~5 s per local step
 ]
 PRIVACY = ("psnr", "ssim", "lpips", "mse", "ref_accuracy", "label_accuracy")
@@ -90,7 +92,7 @@ def summarize(run: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def markdown(table: dict[str, dict[str, Any]], machine: str, note: str = "") -> str:
     base = table.get("none (FedAvg)", {})
     lines = ["# Every defense against Inverting Gradients (offline default)", "",
-             f"Machine: {machine}. Config: `experiments/configs/default.yaml` with one defense at "
+             f"Machine: {machine}. Config: `fl_shadow/configs/default.yaml` with one defense at "
              "its default parameters per row (Shadow: `shadow.yaml`); seed 0, 10 rounds; the "
              "attack targets the 1-image and 4-image hospitals in rounds 1 and 10. Produced by "
              "`experiments/defense_table.py`.", "",

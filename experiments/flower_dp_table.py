@@ -1,6 +1,6 @@
 """Flower's own DP against the curious server: which setups stop Inverting Gradients?
 
-One federation per row, all from ``experiments/configs/flower_dp.yaml`` (the offline default:
+One federation per row, all from ``fl_shadow/configs/flower_dp.yaml`` (the offline default:
 same data, partition, model and seed; 10 rounds; Inverting Gradients on the 1-image and the
 4-image hospitals in round 1), with ``strategy.flower_dp`` set to: no DP; central DP with
 server-side clipping; central DP with client-side clipping (both noise_multiplier 1, clipping
@@ -41,11 +41,11 @@ from runs import ROOT, load_run, run_once
 
 from fl_shadow import metrics
 from fl_shadow.checkpoint import load_checkpoint
-from fl_shadow.config import ExperimentConfig, load_config
+from fl_shadow.config import SHIPPED_CONFIGS, ExperimentConfig, load_config
 from fl_shadow.data import client_dataset, load_dataset
-from fl_shadow.server_app import model_builder
+from fl_shadow.models import ModelArchitecture
 
-CONFIG = ROOT / "experiments/configs/flower_dp.yaml"
+CONFIG = SHIPPED_CONFIGS / "flower_dp.yaml"
 MODE = "strategy.flower_dp.mode"
 EPSILON = "strategy.flower_dp.epsilon"
 # (row label, results folder, overrides of flower_dp.yaml)
@@ -99,8 +99,11 @@ def blind_guess(config: ExperimentConfig) -> dict[int, dict[str, float]]:
 def negative_bn_variances(run_dir: Path, config: ExperimentConfig) -> int:
     """BatchNorm running variances below zero in the run's final global model (Flower's DP
     noise is added to every array of the state_dict; a negative variance makes BN output NaN)."""
-    names = list(model_builder(config, load_dataset(config.data, seed=config.seed))()
-                 .state_dict())
+    splits = load_dataset(config.data, seed=config.seed)
+    m = config.model
+    architecture = ModelArchitecture(m.name, splits.image_shape[0], splits.num_classes,
+                                     splits.image_shape[1], m.width, m.norm)
+    names = list(architecture().state_dict())
     arrays = load_checkpoint(run_dir).arrays
     return sum(int((a < 0).sum()) for k, a in zip(names, arrays, strict=True)
                if k.endswith("running_var"))
@@ -138,7 +141,7 @@ def markdown(table: dict[str, dict[str, Any]], guess: dict[int, dict[str, float]
     head = " | ".join(f"c{c} PSNR | c{c} SSIM | c{c} LPIPS" for c in cids)
     lines = [
         "# Flower's own DP against a curious server (offline default)", "",
-        f"Machine: {machine}. Config: `experiments/configs/flower_dp.yaml` (the offline default, "
+        f"Machine: {machine}. Config: `fl_shadow/configs/flower_dp.yaml` (the offline default, "
         "10 rounds, seed 0) with `strategy.flower_dp` per row; Inverting Gradients (500 "
         "iterations, labels recovered) on hospital 0 (1 image, batch 1) and hospital 1 "
         "(4 images, batch 4) in round 1. Central DP: noise_multiplier 1, clipping_norm 2 "

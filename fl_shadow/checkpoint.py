@@ -6,10 +6,12 @@ model, evaluated by the clients) the server writes ``<run_dir>/checkpoint.npz`` 
 temporary file, fsynced, then renamed over the old one), so a kill at any instant leaves either
 the previous round's checkpoint or the new one, never a torn file. It holds:
 
-* the global model's arrays, in ``state_dict`` order (FedAvg keeps no other server state);
+* the global model's arrays, in ``state_dict`` order;
 * the round it closes and the run's total rounds;
 * the SHA-256 of the resolved config (``config.yaml``), so a folder whose config was edited
   afterwards is not continued as if it were the same experiment;
+* the wrapped strategy's own arrays across rounds (``StrategySpec.server_state``: FedAdam's and
+  FedYogi's moments, FedAvgM's momentum), so a resumed server optimizer continues where it was;
 * the server process's random states (torch CPU, NumPy's global generator, Python's ``random``).
   Nothing in the server draws from them after set-up today (the attack seeds its own generator
   per update, evaluation is deterministic), but a resumed server rebuilds everything from the
@@ -17,8 +19,8 @@ the previous round's checkpoint or the new one, never a torn file. It holds:
 
 :func:`prepare_resume` checks a folder (config readable, run not completed, checkpoint present
 and made from this config); the ServerApp then starts Flower with the checkpoint's weights as
-initial parameters and only the remaining rounds, and :class:`~strategies.curious_fedavg.
-CuriousFedAvg` numbers them from ``checkpoint.server_round + 1``, because clients derive their
+initial parameters and only the remaining rounds, and :class:`~strategies.curious.
+CuriousServer` numbers them from ``checkpoint.server_round + 1``, because clients derive their
 per-round randomness from ``(seed, client_id, server_round)``.
 
 What resumes exactly, and what does not:
@@ -43,18 +45,20 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fl_shadow.config import ExperimentConfig, load_config
+from fl_shadow.defenses import DEFENSES
 from fl_shadow.errors import ResumeError
 
 
 CHECKPOINT_FILE = "checkpoint.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # version 1 had no strategy state
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class Checkpoint:
         config_sha256: digest of the resolved config (:func:`config_digest`).
         arrays: the global model, one array per ``state_dict`` entry, in order.
         rng: the server process's random states at the end of the round.
+        strategy_state: the strategy's arrays kept across rounds, by attribute name (None:
+            not set yet).
     """
 
     server_round: int
@@ -94,6 +100,7 @@ class Checkpoint:
     config_sha256: str
     arrays: list[np.ndarray]
     rng: RngState
+    strategy_state: dict[str, list[np.ndarray] | None] = field(default_factory=dict)
 
 
 def config_digest(config_yaml: str) -> str:
@@ -131,13 +138,18 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> Path:
             "num_arrays": len(checkpoint.arrays), "numpy_pos": rng.numpy_pos,
             "numpy_has_gauss": rng.numpy_has_gauss,
             "numpy_cached_gaussian": rng.numpy_cached_gaussian,
-            "python_gauss_next": rng.python_gauss_next}
+            "python_gauss_next": rng.python_gauss_next,
+            "strategy_state": {name: None if value is None else len(value)
+                               for name, value in checkpoint.strategy_state.items()}}
     entries: dict[str, np.ndarray] = {
         "meta": np.array(json.dumps(meta)),
         "rng_torch_cpu": rng.torch_cpu, "rng_numpy_keys": rng.numpy_keys,
         "rng_python_words": rng.python_words,
     }
     entries.update({f"array_{i:04d}": np.asarray(a) for i, a in enumerate(checkpoint.arrays)})
+    for name, value in checkpoint.strategy_state.items():
+        entries.update({f"strategy_{name}_{i:04d}": np.asarray(a)
+                        for i, a in enumerate(value or [])})
     path = run_dir / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
@@ -162,10 +174,14 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != FORMAT_VERSION:
+            if meta.get("format") not in READABLE_FORMATS:
                 raise ResumeError(f"{path}: checkpoint format {meta.get('format')!r}, this "
-                                  f"version reads {FORMAT_VERSION}")
+                                  f"version reads {', '.join(map(str, READABLE_FORMATS))}")
             arrays = [data[f"array_{i:04d}"] for i in range(int(meta["num_arrays"]))]
+            strategy_state = {
+                name: None if count is None else
+                [data[f"strategy_{name}_{i:04d}"] for i in range(int(count))]
+                for name, count in dict(meta.get("strategy_state", {})).items()}
             rng = RngState(torch_cpu=data["rng_torch_cpu"], numpy_keys=data["rng_numpy_keys"],
                            numpy_pos=int(meta["numpy_pos"]),
                            numpy_has_gauss=int(meta["numpy_has_gauss"]),
@@ -178,7 +194,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise ResumeError(f"{path}: unreadable checkpoint: {exc}") from None
     return Checkpoint(server_round=int(meta["server_round"]),
                       num_rounds=int(meta["num_rounds"]),
-                      config_sha256=str(meta["config_sha256"]), arrays=arrays, rng=rng)
+                      config_sha256=str(meta["config_sha256"]), arrays=arrays, rng=rng,
+                      strategy_state=strategy_state)
 
 
 def read_status(run_dir: str | Path) -> dict[str, object]:
@@ -229,7 +246,5 @@ def prepare_resume(run_dir: str | Path) -> tuple[ExperimentConfig, Checkpoint]:
 
 def keeps_client_state(defense_name: str) -> bool:
     """Whether the defense keeps state on the clients between rounds (Flower's node state),
-    which a resumed simulation starts empty: its class overrides ``Defense.state_dict``."""
-    from fl_shadow.defenses import DEFENSES, Defense
-
-    return DEFENSES.get(defense_name).factory.state_dict is not Defense.state_dict
+    which a resumed simulation starts empty (its spec says so)."""
+    return DEFENSES.get(defense_name).keeps_client_state

@@ -1,42 +1,107 @@
 """Experiment config: YAML -> frozen, typed, validated dataclasses.
 
-One YAML file describes one experiment (see ``experiments/configs/default.yaml``). Sections map
-to the dataclasses below; every key is checked against its declared type and range, unknown keys
-are rejected, and YAML integers are accepted where floats are expected. Errors are
+One YAML file describes one experiment (the shipped ``fl_shadow/configs/default.yaml`` is the
+documented example). Sections map to the dataclasses below, validated by pydantic: every key is
+checked against its declared type and range, unknown keys are refused, YAML integers are
+accepted where numbers are expected, and ``.inf``/``.nan`` are refused everywhere. Errors are
 :class:`~fl_shadow.errors.ConfigError` with a one-line message naming the dotted key::
 
     train.lr: expected a number > 0, got -0.1
 
+Files compose: ``base: default.yaml`` at the top of a file starts from that file (a path
+relative to the including file, or the name of a shipped config) and the rest of the file
+overrides it key by key. A section that names another component (``defense.name``,
+``attack.name``, ``strategy.name``) does not inherit the base's ``params`` of the old one.
+
 Overrides use the same dotted keys with YAML values (``train.rounds=5``,
 ``attack.rounds=[1,5]``), so the command line and the file speak one language.
 
-Component parameters (``defense.params``, ``attack.params``) are validated by the component's
-own params dataclass, named in the registry, so each defense/attack owns its keys and defaults.
+YAML is read strictly: aliases (``*name``, ``<<: *name``) are refused (expanding them before
+any key is checked is how a few hundred bytes ask for gigabytes), so are duplicate keys (PyYAML
+keeps the last one silently), files that are not UTF-8 text, nesting deeper than
+:data:`MAX_YAML_DEPTH` and files over :data:`MAX_YAML_BYTES`.
+
+What this module does not check: that component names are registered and their ``params``
+valid, that data paths exist, sizes against the data, and the machine (CUDA, cores). Those
+need the registries of every layer and the data, and are checked at load by
+:func:`fl_shadow.apps.experiment.load_experiment`, before anything runs.
+
+Component parameters (``defense.params``, ``attack.params``, ``strategy.params``) are declared
+with :func:`settings` too, so every component validates its keys the same way
+(:func:`parse_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
+import pydantic
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from fl_shadow.errors import ConfigError
 
 T = TypeVar("T")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "configs" / "default.yaml"
+#: The configs that ship inside the package (``fl-shadow show-config`` works from a wheel).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = SHIPPED_CONFIGS / "default.yaml"
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_SEED = 2**32 - 1
+
+# ---------------------------------------------------------------------------------------------
+# Field types: YAML's own types, no silent conversions ("5" is not 5, 1 is not true), except
+# that an integer is a valid number.
+# ---------------------------------------------------------------------------------------------
+Int = StrictInt
+Float = Annotated[float, pydantic.Strict()]
+Bool = StrictBool
+Str = StrictStr
+
+_SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-# --------------------------------------------------------------------------------------------
+def settings(cls: type[T]) -> type[T]:
+    """Declare a frozen, validated settings dataclass (a config section or component params).
+
+    Fields are annotated with their type and range (``Annotated[Float, Field(gt=0)]``); a
+    ``__post_init__`` may check rules between fields and raise :class:`ConfigError` naming the
+    field (``"min_cam_alpha: expected at most max_cam_alpha (0.5), got 0.7"``).
+    """
+    return _pydantic_dataclass(frozen=True, config=_SETTINGS)(cls)  # type: ignore[return-value]
+
+
+def _listify(value: Any) -> Any:
+    """``rounds: 3`` reads as ``rounds: [3]``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def _empty_mapping(value: Any) -> Any:
+    return {} if value is None else value
+
+
+IntList = Annotated[tuple[Int, ...], BeforeValidator(_listify)]
+Params = Annotated[dict[Str, Any], BeforeValidator(_empty_mapping)]
+S = TypeVar("S")
+#: A nested section; an empty one (``train:`` with nothing under it) means all defaults.
+Section = Annotated[S, BeforeValidator(_empty_mapping)]
+
+
+# ---------------------------------------------------------------------------------------------
 # Sections
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+# ---------------------------------------------------------------------------------------------
+@settings
 class DataConfig:
     """Which images, at what size.
 
@@ -44,7 +109,7 @@ class DataConfig:
         dataset: registered dataset name: ``mni152`` (offline default: brain MRI slices shipped
             in nilearn), ``medmnist`` (a MedMNIST ``.npz``), ``imagefolder`` (class-per-folder).
         path: file or folder for ``medmnist``/``imagefolder``; unused by ``mni152``.
-        image_size: side length in pixels the images are resized to.
+        image_size: side length in pixels the images are resized to (8..1024).
         channels: 1 (grayscale) or 3 (RGB); images are converted on load.
         test_fraction: share of the images held out for the global test split (stratified),
             used when the source has no test split of its own.
@@ -54,22 +119,20 @@ class DataConfig:
             ``~/.cache/fl_shadow`` (or ``$FL_SHADOW_CACHE``).
     """
 
-    dataset: str = "mni152"
-    path: str | None = None
-    image_size: int = 32
-    channels: int = 1
-    test_fraction: float = 0.2
-    medmnist_flag: str = "pneumoniamnist"
-    cache_dir: str | None = None
+    dataset: Str = "mni152"
+    path: Str | None = None
+    image_size: Annotated[Int, Field(ge=8, le=1024)] = 32
+    channels: Literal[1, 3] = 1
+    test_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.2
+    medmnist_flag: Str = "pneumoniamnist"
+    cache_dir: Str | None = None
 
-    def validate(self, key: str) -> None:
-        _check(self.image_size >= 8, f"{key}.image_size", "an integer >= 8", self.image_size)
-        _check(self.channels in (1, 3), f"{key}.channels", "1 or 3", self.channels)
-        _check(0 < self.test_fraction < 1, f"{key}.test_fraction", "a number in (0, 1)",
-               self.test_fraction)
+    def __post_init__(self) -> None:
+        _no_nul("path", self.path)
+        _no_nul("cache_dir", self.cache_dir)
 
 
-@dataclass(frozen=True)
+@settings
 class PartitionConfig:
     """How the training split is divided among clients.
 
@@ -83,49 +146,44 @@ class PartitionConfig:
     """
 
     scheme: Literal["iid", "dirichlet", "sizes"] = "iid"
-    num_clients: int = 4
-    alpha: float = 0.5
-    sizes: tuple[int, ...] | None = None
-    batch_sizes: tuple[int, ...] = (8,)
+    num_clients: Annotated[Int, Field(ge=1, le=100_000)] = 4
+    alpha: Annotated[Float, Field(gt=0)] = 0.5
+    sizes: tuple[Annotated[Int, Field(ge=1)], ...] | None = None
+    batch_sizes: Annotated[tuple[Annotated[Int, Field(ge=1, le=1_000_000)], ...],
+                           BeforeValidator(_listify)] = (8,)
 
-    def validate(self, key: str) -> None:
-        _check(self.num_clients >= 1, f"{key}.num_clients", "an integer >= 1", self.num_clients)
-        _check(self.alpha > 0, f"{key}.alpha", "a number > 0", self.alpha)
-        if self.scheme == "sizes":
-            _check(self.sizes is not None, f"{key}.sizes", "a list of per-client sizes when "
-                   "scheme is 'sizes'", self.sizes)
-        if self.sizes is not None:
-            _check(len(self.sizes) == self.num_clients, f"{key}.sizes",
-                   f"{self.num_clients} entries (one per client)", list(self.sizes))
-            _check(all(s >= 1 for s in self.sizes), f"{key}.sizes", "sizes >= 1", list(self.sizes))
-        _check(len(self.batch_sizes) in (1, self.num_clients), f"{key}.batch_sizes",
-               f"1 or {self.num_clients} entries", list(self.batch_sizes))
-        _check(all(b >= 1 for b in self.batch_sizes), f"{key}.batch_sizes", "batch sizes >= 1",
-               list(self.batch_sizes))
+    def __post_init__(self) -> None:
+        if self.scheme == "sizes" and self.sizes is None:
+            raise ConfigError("sizes: expected a list of per-client sizes when scheme is "
+                              "'sizes', got None")
+        if self.sizes is not None and len(self.sizes) != self.num_clients:
+            raise ConfigError(f"sizes: expected {self.num_clients} entries (one per client), "
+                              f"got {list(self.sizes)!r}")
+        if len(self.batch_sizes) not in (1, self.num_clients):
+            raise ConfigError(f"batch_sizes: expected 1 or {self.num_clients} entries, got "
+                              f"{list(self.batch_sizes)!r}")
 
     def batch_size_of(self, client: int) -> int:
         return self.batch_sizes[0] if len(self.batch_sizes) == 1 else self.batch_sizes[client]
 
 
-@dataclass(frozen=True)
+@settings
 class ModelConfig:
     """The task model.
 
     Attributes:
-        name: ``convnet`` (small, fast on CPU) or ``resnet18`` (BatchNorm, paper scale).
+        name: registered model: ``convnet`` (small, fast on CPU) or ``resnet18`` (BatchNorm,
+            paper scale).
         width: base channel width of ``convnet``.
         norm: normalization layers of ``convnet``: ``batch`` or ``none``.
     """
 
-    name: str = "convnet"
-    width: int = 32
+    name: Str = "convnet"
+    width: Annotated[Int, Field(ge=1, le=1024)] = 32
     norm: Literal["batch", "none"] = "batch"
 
-    def validate(self, key: str) -> None:
-        _check(self.width >= 1, f"{key}.width", "an integer >= 1", self.width)
 
-
-@dataclass(frozen=True)
+@settings
 class TrainConfig:
     """Federated and local training.
 
@@ -139,33 +197,22 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 penalty.
         eval_batch_size: batch size for evaluation on the test split.
-        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda`` (refused at load
+            on a machine without CUDA).
     """
 
-    rounds: int = 3
-    local_epochs: int = 1
-    local_steps: int | None = None
-    lr: float = 0.01
+    rounds: Annotated[Int, Field(ge=1, le=100_000)] = 3
+    local_epochs: Annotated[Int, Field(ge=1, le=10_000)] = 1
+    local_steps: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
+    lr: Annotated[Float, Field(gt=0, le=1e4)] = 0.01
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    eval_batch_size: int = 256
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.0
+    eval_batch_size: Annotated[Int, Field(ge=1, le=1_000_000)] = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    def validate(self, key: str) -> None:
-        _check(self.rounds >= 1, f"{key}.rounds", "an integer >= 1", self.rounds)
-        _check(self.local_epochs >= 1, f"{key}.local_epochs", "an integer >= 1", self.local_epochs)
-        if self.local_steps is not None:
-            _check(self.local_steps >= 1, f"{key}.local_steps", "an integer >= 1 or null",
-                   self.local_steps)
-        _check(self.lr > 0, f"{key}.lr", "a number > 0", self.lr)
-        _check(0 <= self.momentum < 1, f"{key}.momentum", "a number in [0, 1)", self.momentum)
-        _check(self.weight_decay >= 0, f"{key}.weight_decay", "a number >= 0", self.weight_decay)
-        _check(self.eval_batch_size >= 1, f"{key}.eval_batch_size", "an integer >= 1",
-               self.eval_batch_size)
 
-
-@dataclass(frozen=True)
+@settings
 class FlowerDpConfig:
     """Flower's own differential privacy (``flwr`` 1.41), as a Flower user would switch it on.
 
@@ -195,70 +242,65 @@ class FlowerDpConfig:
         clipping_norm: L2 bound of one client's update (all modes but ``none``).
         sensitivity: ``local_dp``: the L2 sensitivity the noise is calibrated to (a clipped
             update changes by at most ``clipping_norm`` when one client's data is removed).
-        epsilon: ``local_dp``: privacy budget per round (smaller = more noise).
+        epsilon: ``local_dp``: privacy budget per round (smaller = more noise; Flower accepts
+            0, which gives infinite noise).
         delta: ``local_dp``: failure probability, in (0, 1).
     """
 
     mode: Literal["none", "server_side_clipping", "client_side_clipping", "local_dp"] = "none"
-    noise_multiplier: float = 1.0
-    clipping_norm: float = 1.0
-    sensitivity: float = 1.0
-    epsilon: float = 10.0
-    delta: float = 1e-5
-
-    def validate(self, key: str) -> None:
-        _check(self.noise_multiplier >= 0, f"{key}.noise_multiplier", "a number >= 0",
-               self.noise_multiplier)
-        _check(self.clipping_norm > 0, f"{key}.clipping_norm", "a number > 0",
-               self.clipping_norm)
-        _check(self.sensitivity >= 0, f"{key}.sensitivity", "a number >= 0", self.sensitivity)
-        # Flower accepts epsilon = 0 and delta = 0, which give infinite or NaN noise.
-        _check(self.epsilon > 0, f"{key}.epsilon", "a number > 0", self.epsilon)
-        _check(0 < self.delta < 1, f"{key}.delta", "a number in (0, 1)", self.delta)
+    noise_multiplier: Annotated[Float, Field(ge=0)] = 1.0
+    clipping_norm: Annotated[Float, Field(gt=0)] = 1.0
+    sensitivity: Annotated[Float, Field(ge=0)] = 1.0
+    epsilon: Annotated[Float, Field(gt=0)] = 10.0
+    delta: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
 
 
-@dataclass(frozen=True)
+@settings
 class StrategyConfig:
-    """Server-side aggregation.
+    """Server-side aggregation: a registered Flower strategy, wrapped by the curious server.
 
     Attributes:
-        name: ``fedavg``.
+        name: registered strategy (:mod:`strategies`): ``fedavg``, ``fedprox``, ``fedadam``,
+            ``fedyogi``, ``fedadagrad``, ``fedavgm``, ``fedmedian``, ``krum``.
         fraction_fit: share of clients sampled each round.
-        min_fit_clients: fewest clients a round may train with.
-        min_available_clients: fewest connected clients before a round starts.
+        min_fit_clients: fewest clients a round may train with (at most
+            ``partition.num_clients``).
+        min_available_clients: fewest connected clients before a round starts (at most
+            ``partition.num_clients``).
+        wait_for_clients_s: how long each round waits for ``min_available_clients`` connected
+            clients before the run fails with one line naming both numbers.
         flower_dp: Flower's built-in DP wrappers and client mods (:class:`FlowerDpConfig`).
+        params: the strategy's own parameters (validated by its params dataclass, e.g.
+            ``proximal_mu`` of ``fedprox``, ``eta`` of ``fedadam``).
     """
 
-    name: Literal["fedavg"] = "fedavg"
-    fraction_fit: float = 1.0
-    min_fit_clients: int = 1
-    min_available_clients: int = 1
-    flower_dp: FlowerDpConfig = field(default_factory=FlowerDpConfig)
-
-    def validate(self, key: str) -> None:
-        _check(0 < self.fraction_fit <= 1, f"{key}.fraction_fit", "a number in (0, 1]",
-               self.fraction_fit)
-        _check(self.min_fit_clients >= 1, f"{key}.min_fit_clients", "an integer >= 1",
-               self.min_fit_clients)
-        _check(self.min_available_clients >= 1, f"{key}.min_available_clients",
-               "an integer >= 1", self.min_available_clients)
-        self.flower_dp.validate(f"{key}.flower_dp")
+    name: Str = "fedavg"
+    fraction_fit: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    min_fit_clients: Annotated[Int, Field(ge=1)] = 1
+    min_available_clients: Annotated[Int, Field(ge=1)] = 1
+    wait_for_clients_s: Annotated[Float, Field(gt=0, le=7 * 86400)] = 120.0
+    flower_dp: Section[FlowerDpConfig] = field(default_factory=FlowerDpConfig)
+    params: Params = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@settings
 class DefenseConfig:
     """The client-side defense: a registered name and its parameters (validated by it)."""
 
-    name: str = "none"
-    params: Mapping[str, Any] = field(default_factory=dict)
+    name: Str = "none"
+    params: Params = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+_PLAN_KEYS = ("lr", "batch_size", "local_epochs", "local_steps", "momentum", "weight_decay",
+              "optimizer")
+
+
+@settings
 class AttackConfig:
     """The curious server's attack.
 
     Attributes:
-        name: registered attack name, or ``none`` for an honest server.
+        name: registered attack name; ``none`` is the honest server.
         rounds: server rounds (1-based) on which updates are attacked; ``[-1]`` = last round.
         clients: partition ids whose updates are attacked; empty = every client.
         labels: ``given`` (the threat model hands the true labels to the attacker) or
@@ -266,10 +308,11 @@ class AttackConfig:
         bn_statistics: ``given`` (the attacker reads the BatchNorm running statistics in the
             client's uploaded ``state_dict``, as FedAvg over the whole ``state_dict`` sends
             them) or ``withheld`` (they are removed from what the attacker observes, e.g. a
-            deployment that keeps BatchNorm buffers local); an attack that needs them then
-            fails with ThreatModelError.
-        max_images: cap on how many images one attack reconstructs; larger batches are skipped
-            with a warning rather than attacked for hours.
+            deployment that keeps BatchNorm buffers local); an attack that needs them is then
+            refused at load.
+        max_images: the one image limit: updates computed from more images than this are not
+            attacked (logged, and a ``skipped`` row in ``privacy.jsonl``); at most the attack's
+            own ceiling, checked at load.
         adaptive: the attacker knows which defense the clients run and its public parameters
             (``defense.name``/``defense.params``, never the clients' private randomness, keys
             or state) and models it in its objective (:mod:`attacks.adaptive`).
@@ -282,36 +325,40 @@ class AttackConfig:
         params: the attack's own parameters (validated by the attack).
     """
 
-    name: str = "none"
-    rounds: tuple[int, ...] = (1,)
-    clients: tuple[int, ...] = ()
+    name: Str = "none"
+    rounds: IntList = (1,)
+    clients: IntList = ()
     labels: Literal["given", "recover"] = "recover"
     bn_statistics: Literal["given", "withheld"] = "given"
-    max_images: int = 8
-    adaptive: bool = False
-    parallel: int = 1
-    assumed_training: Mapping[str, Any] = field(default_factory=dict)
-    params: Mapping[str, Any] = field(default_factory=dict)
+    max_images: Annotated[Int, Field(ge=1, le=1024)] = 8
+    adaptive: Bool = False
+    parallel: Annotated[Int, Field(ge=1, le=256)] = 1
+    assumed_training: Params = field(default_factory=dict)
+    params: Params = field(default_factory=dict)
 
-    def validate(self, key: str) -> None:
-        _check(self.parallel >= 1, f"{key}.parallel", "an integer >= 1", self.parallel)
-        plan_keys = ("lr", "batch_size", "local_epochs", "local_steps", "momentum",
-                     "weight_decay", "optimizer")
+    def __post_init__(self) -> None:
+        if not all(r == -1 or r >= 1 for r in self.rounds):
+            raise ConfigError("rounds: expected round numbers >= 1 (or -1 for the last round), "
+                              f"got {list(self.rounds)!r}")
+        if not all(c >= 0 for c in self.clients):
+            raise ConfigError(f"clients: expected partition ids >= 0, got {list(self.clients)!r}")
         for name, value in self.assumed_training.items():
-            where = f"{key}.assumed_training.{name}"
-            _check(name in plan_keys, where, f"a key among {', '.join(plan_keys)}", name)
+            where = f"assumed_training.{name}"
+            if name not in _PLAN_KEYS:
+                raise ConfigError(f"{where}: unknown key; expected one of: "
+                                  f"{', '.join(_PLAN_KEYS)}")
             if name == "optimizer":
-                _check(value in ("sgd", "adam"), where, "sgd or adam", value)
+                if value not in ("sgd", "adam"):
+                    raise ConfigError(f"{where}: expected one of sgd, adam, got {value!r}")
             elif not (name == "local_steps" and value is None):
                 positive = name in ("lr", "batch_size", "local_epochs", "local_steps")
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                _check(number and (value > 0 if positive else value >= 0), where,
-                       "a number > 0" if positive else "a number >= 0", value)
-        _check(all(r == -1 or r >= 1 for r in self.rounds), f"{key}.rounds",
-               "round numbers >= 1 (or -1 for the last round)", list(self.rounds))
-        _check(all(c >= 0 for c in self.clients), f"{key}.clients", "partition ids >= 0",
-               list(self.clients))
-        _check(self.max_images >= 1, f"{key}.max_images", "an integer >= 1", self.max_images)
+                integral = name in ("batch_size", "local_epochs", "local_steps")
+                number = (isinstance(value, int) if integral else isinstance(value, int | float)) \
+                    and not isinstance(value, bool) and math.isfinite(value)
+                if not number or not (value > 0 if positive else value >= 0):
+                    kind = "an integer" if integral else "a number"
+                    raise ConfigError(f"{where}: expected {kind} {'> 0' if positive else '>= 0'},"
+                                      f" got {value!r}")
 
     def attacks_round(self, server_round: int, num_rounds: int) -> bool:
         return any(r == server_round or (r == -1 and server_round == num_rounds)
@@ -321,7 +368,7 @@ class AttackConfig:
         return not self.clients or partition_id in self.clients
 
 
-@dataclass(frozen=True)
+@settings
 class GeneratorConfig:
     """The image generator pretrained on the public split (shadow defense, GGL/GIAS attacks).
 
@@ -331,7 +378,7 @@ class GeneratorConfig:
     Attributes:
         latent_dim: size of the latent code ``z``.
         max_channels: channels of the generator's smallest feature map.
-        min_channels: the fewest channels of any block.
+        min_channels: the fewest channels of any block (at most ``max_channels``).
         iterations: GAN training iterations (one discriminator + one generator step each).
         batch_size: images per GAN iteration.
         lr: Adam learning rate of both networks.
@@ -342,68 +389,79 @@ class GeneratorConfig:
             same data shares one checkpoint).
     """
 
-    latent_dim: int = 64
-    max_channels: int = 128
-    min_channels: int = 16
-    iterations: int = 1500
-    batch_size: int = 32
-    lr: float = 2e-4
-    ema: float = 0.99
-    augment: bool = True
-    seed: int = 0
+    latent_dim: Annotated[Int, Field(ge=1, le=4096)] = 64
+    max_channels: Annotated[Int, Field(ge=1, le=4096)] = 128
+    min_channels: Annotated[Int, Field(ge=1, le=4096)] = 16
+    iterations: Annotated[Int, Field(ge=1, le=10_000_000)] = 1500
+    batch_size: Annotated[Int, Field(ge=1, le=100_000)] = 32
+    lr: Annotated[Float, Field(gt=0)] = 2e-4
+    ema: Annotated[Float, Field(ge=0, lt=1)] = 0.99
+    augment: Bool = True
+    seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = 0
 
-    def validate(self, key: str) -> None:
-        for name in ("latent_dim", "max_channels", "min_channels", "iterations", "batch_size"):
-            value = getattr(self, name)
-            _check(value >= 1, f"{key}.{name}", "an integer >= 1", value)
-        _check(self.min_channels <= self.max_channels, f"{key}.min_channels",
-               f"at most generator.max_channels ({self.max_channels})", self.min_channels)
-        _check(self.lr > 0, f"{key}.lr", "a number > 0", self.lr)
-        _check(0 <= self.ema < 1, f"{key}.ema", "a number in [0, 1)", self.ema)
+    def __post_init__(self) -> None:
+        if self.min_channels > self.max_channels:
+            raise ConfigError(f"min_channels: expected at most generator.max_channels "
+                              f"({self.max_channels}), got {self.min_channels!r}")
 
 
-@dataclass(frozen=True)
+@settings
 class SimulationConfig:
     """Resources of Flower's simulation engine.
 
     Attributes:
-        num_cpus_per_client: CPU cores reserved per client actor (Ray).
-        num_gpus_per_client: GPU share per client actor (0 on CPU machines).
+        num_cpus_per_client: CPU cores reserved per client actor (Ray); at most the machine's
+            cores (checked at load: a larger value never schedules a client).
+        num_gpus_per_client: GPU share per client actor (0 on CPU machines; above 0 needs CUDA).
     """
 
-    num_cpus_per_client: float = 1.0
-    num_gpus_per_client: float = 0.0
+    num_cpus_per_client: Annotated[Float, Field(gt=0, le=4096)] = 1.0
+    num_gpus_per_client: Annotated[Float, Field(ge=0, le=64)] = 0.0
 
 
-@dataclass(frozen=True)
+@settings
 class ExperimentConfig:
-    """One experiment. See ``experiments/configs/default.yaml`` for a documented example."""
+    """One experiment. See ``fl_shadow/configs/default.yaml`` for a documented example.
 
-    name: str = "default"
-    seed: int = 0
-    output_dir: str = "results"
-    data: DataConfig = field(default_factory=DataConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    defense: DefenseConfig = field(default_factory=DefenseConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    Rules between sections (checked at construction, so every config in memory obeys them):
+    ``strategy.min_fit_clients`` and ``strategy.min_available_clients`` at most
+    ``partition.num_clients``; ``attack.clients`` are partition ids; ``attack.rounds`` are
+    rounds of ``train.rounds`` (or -1, the last).
+    """
+
+    name: Str = "default"
+    seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = 0
+    output_dir: Str = "results"
+    data: Section[DataConfig] = field(default_factory=DataConfig)
+    partition: Section[PartitionConfig] = field(default_factory=PartitionConfig)
+    model: Section[ModelConfig] = field(default_factory=ModelConfig)
+    train: Section[TrainConfig] = field(default_factory=TrainConfig)
+    strategy: Section[StrategyConfig] = field(default_factory=StrategyConfig)
+    defense: Section[DefenseConfig] = field(default_factory=DefenseConfig)
+    attack: Section[AttackConfig] = field(default_factory=AttackConfig)
+    generator: Section[GeneratorConfig] = field(default_factory=GeneratorConfig)
+    simulation: Section[SimulationConfig] = field(default_factory=SimulationConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'",
+        """Check the rules between sections (see the class docstring)."""
+        name_ok = (bool(self.name) and len(self.name) <= 200 and self.name not in (".", "..")
+                   and not any(c in self.name for c in "/\\\0") and self.name.isprintable())
+        _check(name_ok, "name", "a printable name (at most 200 characters) without '/'",
                self.name)
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if hasattr(value, "validate"):
-                value.validate(f.name)
-        _check(self.strategy.min_fit_clients <= self.partition.num_clients,
-               "strategy.min_fit_clients", f"at most partition.num_clients "
-               f"({self.partition.num_clients})", self.strategy.min_fit_clients)
-        bad = [c for c in self.attack.clients if c >= self.partition.num_clients]
-        _check(not bad, "attack.clients", f"partition ids < {self.partition.num_clients}", bad)
+        _no_nul("output_dir", self.output_dir)
+        n = self.partition.num_clients
+        _check(self.strategy.min_fit_clients <= n, "strategy.min_fit_clients",
+               f"at most partition.num_clients ({n})", self.strategy.min_fit_clients)
+        _check(self.strategy.min_available_clients <= n, "strategy.min_available_clients",
+               f"at most partition.num_clients ({n})", self.strategy.min_available_clients)
+        bad = [c for c in self.attack.clients if c >= n]
+        _check(not bad, "attack.clients", f"partition ids < {n}", bad)
+        late = [r for r in self.attack.rounds if r > self.train.rounds]
+        _check(not late, "attack.rounds", f"rounds of the run (1..{self.train.rounds}, or -1)",
+               late)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) that :func:`load_config_dict` reads back unchanged."""
@@ -413,44 +471,194 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Loading
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read a YAML experiment file, apply ``key=value`` overrides, and validate.
+    """Read a YAML experiment file (with its ``base:`` chain), apply overrides, and validate.
 
     Args:
-        path: YAML file; ``None`` reads the embedded default (``experiments/configs/default.yaml``).
+        path: YAML file, or the name of a shipped config (``default``, ``shadow.yaml``);
+            ``None`` reads the shipped default.
         overrides: dotted ``key=value`` strings; values are parsed as YAML.
 
     Raises:
         ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
     """
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return load_config_dict(apply_overrides(raw, overrides))
+    file = resolve_config_path(path) if path is not None else DEFAULT_CONFIG
+    return load_config_dict(apply_overrides(compose_config(file), overrides))
 
 
 def load_config_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from a plain mapping."""
-    config = _build(ExperimentConfig, raw, "")
-    config.validate()
-    return config
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {raw!r}")
+    if "base" in raw:
+        raise ConfigError("base: only a config file may name a base config")
+    return parse_settings(ExperimentConfig, raw, "")
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the configs shipped in the package (``default``, ``shadow``, ...)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path, *, relative_to: Path | None = None) -> Path:
+    """Find a config file: as given (``~`` expanded), next to ``relative_to``, or shipped.
+
+    Raises:
+        ConfigError: none of these is a file.
+    """
+    text = str(path)
+    _no_nul("config", text)
+    candidate = Path(text).expanduser()
+    places = [candidate] if candidate.is_absolute() else [
+        *([relative_to / candidate] if relative_to is not None else []), candidate,
+        SHIPPED_CONFIGS / candidate, SHIPPED_CONFIGS / f"{text}.yaml"]
+    for place in places:
+        if place.is_file():
+            return place
+    if candidate.is_dir():
+        raise ConfigError(f"{candidate}: is a folder, not a config file")
+    raise ConfigError(f"config file not found: {candidate} (shipped configs: "
+                      f"{', '.join(shipped_config_names())})")
+
+
+def compose_config(path: Path) -> dict[str, Any]:
+    """The raw mapping of ``path`` with its ``base:`` chain merged in (base first)."""
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    current: Path | None = path
+    while current is not None:
+        resolved = current.resolve()
+        if resolved in chain:
+            raise ConfigError(f"{current}: base: the chain of base configs loops back to "
+                              "this file")
+        chain.append(resolved)
+        raw = read_yaml(current)
+        base = raw.pop("base", None)
+        layers.append(raw)
+        if base is None:
+            current = None
+        elif not isinstance(base, str) or not base:
+            raise ConfigError(f"{current}: base: expected the name or path of a config file, "
+                              f"got {base!r}")
+        else:
+            current = resolve_config_path(base, relative_to=current.parent)
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = merge_config(merged, layer)
+    return merged
+
+
+def merge_config(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, anything else is replaced.
+
+    A section whose ``name`` changes (another defense, attack or strategy) starts without the
+    base's ``params``: they were the old component's.
+    """
+    out = _to_plain(base)
+    for key, value in top.items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if "name" in value and value.get("name") != old.get("name"):
+                old = {k: v for k, v in old.items() if k != "params"}
+            out[key] = merge_config(old, value)
+        else:
+            out[key] = _to_plain(value)
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML config file strictly (see the module docstring); a mapping or empty.
+
+    Raises:
+        ConfigError: naming the file (and the line where YAML says one).
+    """
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB; not a config "
+                              "file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    raw = parse_yaml(data, str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def parse_yaml(data: bytes | str, name: str) -> Any:
+    """Parse YAML text strictly; errors name ``name`` (a file, or an override's key)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    if "\0" in data:
+        raise ConfigError(f"{name}: not a text file (it holds NUL bytes)")
+    loader = _StrictLoader(data)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except ConfigError:
+        raise
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{name}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases, duplicate keys or unbounded nesting."""
+
+    name = "config"
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"{self.name}: YAML aliases are not accepted (*{event.anchor} on "
+                              f"line {event.start_mark.line + 1}); write the values out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{self.name}: nested deeper than {MAX_YAML_DEPTH} levels "
+                                  f"(line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # type: ignore[override]
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: a key "
+                                  "must be a plain value") from None
+            if first is not None:
+                raise ConfigError(f"{self.name}: line {key_node.start_mark.line + 1}: duplicate "
+                                  f"key {key!r} (first on line {first})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with dotted ``key=value`` overrides applied."""
+    """Return a copy of ``raw`` with dotted ``key=value`` overrides applied.
+
+    As in a ``base:`` chain, an override that names another component (``attack.name=dlg``)
+    drops the old component's ``params``; give the new one's after it
+    (``attack.name=dlg attack.params.iterations=50``).
+    """
     result: dict[str, Any] = _to_plain(raw)
     for item in overrides:
         item = item.strip()
@@ -461,11 +669,14 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.rounds=5")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"{key}: override value {text!r} is not valid YAML") from None
+            value = parse_yaml(text, f"override {key}") if text.strip() else None
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: override value {text!r} is not valid YAML "
+                              f"({str(exc).split(': ', 1)[-1]})") from None
         node = result
         parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key part in {key!r}")
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
@@ -473,6 +684,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
             if not isinstance(child, dict):
                 raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
             node = child
+        if len(parts) == 2 and parts[1] == "name" and node.get("name") != value:
+            node.pop("params", None)
         node[parts[-1]] = value
     return result
 
@@ -485,114 +698,169 @@ def parse_overrides(text: str) -> list[str]:
     return [part.strip() for part in text.replace("\n", ";").split(";") if part.strip()]
 
 
-def build_params(cls: type[T], raw: Mapping[str, Any] | None, key: str) -> T:
-    """Validate a component's ``params`` mapping into its params dataclass ``cls``.
+def parse_settings(cls: type[T], raw: Any, key: str) -> T:
+    """Validate ``raw`` (a mapping, or None for all defaults) into the settings class ``cls``.
 
-    A params dataclass may define ``validate(self, key)`` for range checks.
+    Args:
+        cls: a :func:`settings` dataclass.
+        raw: the YAML mapping.
+        key: the dotted key of ``raw`` in the experiment (``"defense.params"``), named in
+            errors; ``""`` for the top level.
+
+    Raises:
+        ConfigError: the first problem, as one line naming the dotted key.
     """
-    params = _build(cls, raw or {}, key)
-    if hasattr(params, "validate"):
-        params.validate(key)
-    return params
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key or 'config'}: expected a mapping of keys, got {raw!r}")
+    try:
+        return pydantic.TypeAdapter(cls).validate_python(dict(raw))
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_one_line(exc, cls, key)) from None
 
 
-# --------------------------------------------------------------------------------------------
-# Internals
-# --------------------------------------------------------------------------------------------
+# Back-compat name used by the component registries.
+build_params = parse_settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Error messages
+# ---------------------------------------------------------------------------------------------
 def _check(ok: bool, key: str, expected: str, got: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}: expected {expected}, got {got!r}")
 
 
-def _build(cls: type[T], raw: Any, key: str) -> T:
-    where = key or "config"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = [k for k in raw if k not in fields]
-    if unknown:
-        prefix = f"{key}." if key else ""
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key; expected one of: {', '.join(fields)}"
-        )
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        sub = f"{key}.{name}" if key else name
-        values[name] = _coerce(hints[name], value, sub)
-    return cls(**values)
+def _no_nul(key: str, value: str | None) -> None:
+    if value is not None and "\0" in value:
+        raise ConfigError(f"{key}: expected text without NUL bytes, got {value!r}")
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, key)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
+def _one_line(exc: pydantic.ValidationError, cls: type, key: str) -> str:
+    """The first validation error as ``dotted.key: expected ..., got ...``."""
+    errors = exc.errors(include_url=False)
+    error = errors[0]
+    loc = [part for part in error["loc"]]
+    # A union (``int | None``) reports one error per member; name the field once.
+    if len(loc) >= 1 and isinstance(loc[-1], str) and loc[-1] in _UNION_MEMBER_TAGS:
+        loc = loc[:-1]
+    path = _join(key, loc)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    annotation = _annotation_at(cls, loc)
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        fields = _field_names(_annotation_at(cls, loc[:-1]))
+        return f"{path}: unknown key; " + (f"expected one of: {', '.join(fields)}"
+                                           if fields else "this takes no keys")
+    if kind == "value_error":
+        cause = ctx.get("error")
+        message = str(cause) if cause is not None else error["msg"]
+        message = message.removeprefix("Value error, ")
+        # A rule of a section names its field first ("sizes: expected ..."): prefix the
+        # section's key.
+        return _join(key, loc) + "." + message if loc or key else message
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        if kind in _BOUNDS:
+            # The violated side only: "a number > 0", not the field's whole range.
+            expected = f"{_noun(annotation)} {_BOUNDS[kind]} {_number(ctx[_BOUND_CTX[kind]])}"
+        elif kind == "literal_error":
+            choices = _literal_choices(annotation)
+            expected = ("one of " + ", ".join(map(str, choices))) if choices else \
+                f"one of {ctx.get('expected')}"
+        elif kind in ("too_long", "too_short"):
+            expected = error["msg"].lower().removeprefix("input ")
+        else:
+            expected = error["msg"][0].lower() + error["msg"][1:]
+            return f"{path}: {expected}, got {got!r}"
+    if kind in _TYPE_ERRORS and annotation is not None:
+        expected = _noun(annotation)
+    return f"{path}: expected {expected}, got {got!r}"
+
+
+_UNION_MEMBER_TAGS = {"int", "float", "str", "bool", "none", "tuple[int, ...]",
+                      "constrained-int", "constrained-float"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+           "less_than_equal": "<="}
+_BOUND_CTX = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt",
+              "less_than_equal": "le"}
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
+    "tuple_type": "a list", "list_type": "a list", "dict_type": "a mapping",
+    "dataclass_type": "a mapping of keys", "dataclass_exact_type": "a mapping of keys",
+    "missing": "a value (required)", "missing_argument": "a value (required)",
+    "none_required": "null",
+}
+_TYPE_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
+                "bool_type", "string_type"}
+
+
+def _join(key: str, loc: list[Any]) -> str:
+    out = key
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = f"{out}.{part}" if out else str(part)
+    return out or "config"
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip ``Annotated`` and ``X | None`` down to the value type."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def _annotation_at(cls: Any, loc: list[Any]) -> Any:
+    """The declared type at ``loc`` under the settings class ``cls`` (None if unknown)."""
+    tp: Any = cls
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(part, str) and dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp, include_extras=True)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif isinstance(part, int) and get_origin(tp) in (tuple, list):
+            tp = get_args(tp)[0]
+        else:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{key}: expected {_describe(tp)}, got {value!r}")
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, "
-                              f"got {value!r}")
-        return value
-    if origin in (tuple, list):
-        args = get_args(tp)
-        item_tp = args[0] if args else Any
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]  # `rounds: 3` reads as `rounds: [3]`
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {_describe(item_tp)}, got {value!r}")
-        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (Mapping, dict) or tp in (dict, Mapping):
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} for {key}")
+    return _unwrap(tp)
 
 
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(tp))
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, get_args(tp)))
-    if origin in (tuple, list):
-        return "a list"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+def _field_names(tp: Any) -> list[str]:
+    tp = _unwrap(tp)
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def _literal_choices(tp: Any) -> tuple[Any, ...]:
+    return get_args(tp) if get_origin(tp) is Literal else ()
+
+
+def _noun(tp: Any) -> str:
+    tp = _unwrap(tp)
+    return {int: "an integer", float: "a number", bool: "true or false",
+            str: "a string"}.get(tp, "a number")
+
+
+def _number(value: Any) -> str:
+    """``0.0`` -> ``0``, ``1e-05`` stays."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def _to_plain(value: Any) -> Any:
@@ -602,3 +870,11 @@ def _to_plain(value: Any) -> Any:
         return [_to_plain(v) for v in value]
     return value
 
+
+__all__ = ["AttackConfig", "Bool", "DEFAULT_CONFIG", "DataConfig", "DefenseConfig",
+           "ExperimentConfig", "Float", "FlowerDpConfig", "GeneratorConfig", "Int", "IntList",
+           "ModelConfig", "Params", "PartitionConfig", "SHIPPED_CONFIGS", "SimulationConfig",
+           "Str", "StrategyConfig", "TrainConfig", "apply_overrides", "build_params",
+           "compose_config", "load_config", "load_config_dict", "merge_config",
+           "parse_overrides", "parse_settings", "parse_yaml", "read_yaml",
+           "resolve_config_path", "settings", "shipped_config_names"]

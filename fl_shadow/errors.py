@@ -17,6 +17,17 @@ class ThreatModelError(RuntimeError):
     """An attack asked for something its configured threat model withholds."""
 
 
+class ProtocolError(RuntimeError):
+    """A Flower peer sent what this project's protocol does not allow (no experiment config,
+    no weights, a Message-API message to a NumPyClient app); the message says what is needed,
+    in one line."""
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on (e.g. a round got fewer successful replies than
+    ``strategy.min_fit_clients``); the message is the run's one-line cause in ``status.json``."""
+
+
 class ResumeError(RuntimeError):
     """A results folder cannot be resumed (no checkpoint, already completed, config changed).
 

@@ -11,15 +11,41 @@ representation-based defenses can run the head alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from fl_shadow.errors import ConfigError
 from fl_shadow.registry import Registry
 
-ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model", config_key="model.name")
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered task model.
+
+    Attributes:
+        name: the ``model.name`` that selects it.
+        build: ``build(in_channels=, num_classes=, image_size=, width=, norm=) -> nn.Module``
+            with fresh weights (seed torch first).
+        norms: the ``model.norm`` values it supports (checked at load).
+        uses_width: whether ``model.width`` changes it.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    norms: tuple[str, ...] = ("batch", "none")
+    uses_width: bool = True
+
+    def check(self, *, norm: str) -> None:
+        """Refuse settings this model does not have (at load)."""
+        if norm not in self.norms:
+            raise ConfigError(f"model.norm: expected one of {', '.join(self.norms)} for "
+                              f"{self.name}, got {norm!r}")
+
+
+MODELS: Registry[ModelSpec] = Registry("model", config_key="model.name")
 
 
 class ConvNet(nn.Module):
@@ -114,22 +140,45 @@ class ResNet18(nn.Module):
         return self.net.layer4
 
 
-@MODELS.register("convnet")
 def _convnet(*, in_channels: int, num_classes: int, image_size: int, width: int = 32,
              norm: str = "batch") -> nn.Module:
     return ConvNet(in_channels, num_classes, width=width, norm=norm, image_size=image_size)
 
 
-@MODELS.register("resnet18")
 def _resnet18(*, in_channels: int, num_classes: int, image_size: int, width: int = 32,
               norm: str = "batch") -> nn.Module:
-    if norm != "batch":
-        raise ValueError("resnet18 always uses BatchNorm; set model.norm: batch")
+    MODELS.get("resnet18").check(norm=norm)
     return ResNet18(in_channels, num_classes, image_size=image_size)
+
+
+MODELS.add(ModelSpec("convnet", _convnet))
+MODELS.add(ModelSpec("resnet18", _resnet18, norms=("batch",), uses_width=False))
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int,
                 width: int = 32, norm: str = "batch") -> nn.Module:
     """Build a registered model with freshly initialised weights (seed torch first)."""
-    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes,
-                            image_size=image_size, width=width, norm=norm)
+    return MODELS.get(name).build(in_channels=in_channels, num_classes=num_classes,
+                                  image_size=image_size, width=width, norm=norm)
+
+
+@dataclass(frozen=True)
+class ModelArchitecture:
+    """The task model's architecture as data: calling it builds a freshly initialised model.
+
+    This is what the attacker's prior holds (:attr:`fl_shadow.threat_model.Prior.
+    model_factory`): the public architecture and nothing else, so it can be pickled to an
+    attack worker and can never close over a client's data.
+    """
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+    width: int = 32
+    norm: str = "batch"
+
+    def __call__(self) -> nn.Module:
+        return build_model(self.name, in_channels=self.in_channels,
+                           num_classes=self.num_classes, image_size=self.image_size,
+                           width=self.width, norm=self.norm)

@@ -1,23 +1,41 @@
-"""One name -> factory mechanism for datasets, models, defenses and attacks.
+"""One name -> spec mechanism for every configurable component.
 
-Configs are data: they name a component (``defense.name: dp``), and the registry turns the name
-into the object. A failed lookup lists the known names, so a typo in a YAML file is a one-line
-fix rather than a hunt through the source.
+Configs are data: they name a component (``defense.name: dp``), and a registry turns the name
+into the component's *spec*: a frozen record of everything the rest of the project needs to know
+about it without building it (its factory, its params dataclass, what it needs, what it keeps).
+Each kind has its own spec type next to its protocol:
+
+==========  ===================================  ==========================================
+kind        spec                                 registry (where the entries register)
+==========  ===================================  ==========================================
+dataset     :class:`fl_shadow.data.DatasetSpec`  :data:`fl_shadow.data.DATASETS`
+model       :class:`fl_shadow.models.ModelSpec`  :data:`fl_shadow.models.MODELS`
+defense     :class:`fl_shadow.defenses.DefenseSpec`   :data:`fl_shadow.defenses.DEFENSES`
+attack      :class:`attacks.AttackSpec`          :data:`attacks.ATTACKS`
+strategy    :class:`strategies.StrategySpec`     :data:`strategies.STRATEGIES`
+==========  ===================================  ==========================================
+
+A failed lookup lists the known names, so a typo in a YAML file is a one-line fix rather than a
+hunt through the source. A name is registered once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
 
 from fl_shadow.errors import ConfigError
 
-T = TypeVar("T")
+
+class Named(Protocol):
+    name: str
 
 
-class Registry(Generic[T]):
-    """A named collection of components of one kind.
+S = TypeVar("S", bound=Named)
+
+
+class Registry(Generic[S]):
+    """A named collection of component specs of one kind.
 
     Args:
         kind: what the registry holds ("defense", "attack", ...), used in error messages.
@@ -27,24 +45,20 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, *, config_key: str) -> None:
         self.kind = kind
         self.config_key = config_key
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, S] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that adds ``obj`` under ``name``; a name may be registered once."""
+    def add(self, spec: S) -> S:
+        """Register ``spec`` under ``spec.name``; a name may be registered once."""
+        if spec.name in self._entries:
+            raise ValueError(f"{self.kind} {spec.name!r} is already registered")
+        self._entries[spec.name] = spec
+        return spec
 
-        def decorator(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = obj
-            return obj
-
-        return decorator
-
-    def get(self, name: str) -> T:
-        """Return the entry called ``name``; raises ConfigError listing the known names."""
+    def get(self, name: str) -> S:
+        """The spec called ``name``; raises ConfigError listing the known names."""
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise ConfigError(
                 f"{self.config_key}: unknown {self.kind} {name!r}; expected one of: {known}"
@@ -60,34 +74,4 @@ class Registry(Generic[T]):
         return iter(sorted(self._entries))
 
 
-@dataclass(frozen=True)
-class ComponentSpec(Generic[T]):
-    """A registered configurable component: its class and the dataclass of its ``params``."""
-
-    factory: Callable[..., T]
-    params_type: type
-
-
-def register_component(registry: Registry[ComponentSpec[Any]], name: str,
-                       params_type: type) -> Callable[[type], type]:
-    """Class decorator: register ``cls`` under ``name`` with its params dataclass.
-
-    Sets ``cls.name`` so every instance knows the name it was configured by.
-    """
-
-    def decorator(cls: type) -> type:
-        cls.name = name  # type: ignore[attr-defined]
-        registry.register(name)(ComponentSpec(factory=cls, params_type=params_type))
-        return cls
-
-    return decorator
-
-
-def resolve_component(registry: Registry[ComponentSpec[Any]], name: str,
-                      params: Mapping[str, Any] | None,
-                      params_key: str) -> tuple[ComponentSpec[Any], Any]:
-    """Look ``name`` up and validate ``params`` with its dataclass (errors name ``params_key``)."""
-    from fl_shadow.config import build_params
-
-    spec = registry.get(name)
-    return spec, build_params(spec.params_type, params, params_key)
+__all__ = ["Registry"]

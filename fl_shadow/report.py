@@ -34,7 +34,7 @@ import torch
 
 if TYPE_CHECKING:
     from fl_shadow.scoring import Scores
-    from strategies.attack_hook import AttackOutcome
+    from fl_shadow.threat_model import AttackOutcome
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,15 @@ class RunRecorder:
         self.privacy: list[dict[str, Any]] = []
         self.fits: list[dict[str, Any]] = []
         self.resumed_after: list[int] = []
+        # The server's attacks and evaluation depend on it in the last digits (float order).
+        self.server_threads = torch.get_num_threads()
         if resume_after is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_yaml)
         else:
             self._reopen(resume_after)
         self._status("running", rounds_completed=resume_after or 0)
-        log.info("results folder: %s", self.run_dir)
+        log.info("results folder: %s", self.run_dir.resolve())
 
     def _reopen(self, last_round: int) -> None:
         status_file = self.run_dir / "status.json"
@@ -103,9 +105,21 @@ class RunRecorder:
         self.fits.append(row)
         self._append("fit.jsonl", row)
 
-    def log_failure(self, server_round: int, failure: object) -> None:
-        self._append("failures.jsonl", {"round": server_round, "error": repr(failure)[:500]})
-        log.warning("round %d: a client failed: %r", server_round, failure)
+    def log_failure(self, server_round: int, reason: str, *, client_id: int | None = None
+                    ) -> None:
+        """One row of ``failures.jsonl``: the round, the client when known, the reason."""
+        row: dict[str, Any] = {"round": server_round}
+        if client_id is not None:
+            row["client"] = client_id
+        row["error"] = reason
+        self._append("failures.jsonl", row)
+        log.warning("round %d: a client failed: %s", server_round, reason)
+
+    def log_skipped_attack(self, server_round: int, client_id: int, reason: str) -> None:
+        """A ``privacy.jsonl`` row for an update the attack wanted but did not attack."""
+        row = {"round": server_round, "client": client_id, "skipped": reason}
+        self.privacy.append(row)
+        self._append("privacy.jsonl", row)
 
     def log_utility(self, server_round: int, loss: float, metrics: Mapping[str, Any]) -> None:
         row = {"round": server_round, "loss": float(loss), **{k: float(v) for k, v in
@@ -186,12 +200,27 @@ class RunRecorder:
 
     def _status(self, state: str, **extra: Any) -> None:
         status = {"state": state, "num_rounds": self.num_rounds,
-                  "seconds": round(time.time() - self.started, 2), **extra}
+                  "seconds": round(time.time() - self.started, 2),
+                  "server_torch_threads": self.server_threads, **extra}
         if self.resumed_after:
             status["resumed_after"] = self.resumed_after
         tmp = self.run_dir / "status.json.tmp"
         tmp.write_text(json.dumps(status))
         tmp.replace(self.run_dir / "status.json")
+
+
+def failure_reason(failure: object) -> str:
+    """One line for a client failure as Flower hands it to a strategy: an exception, or a
+    ``(proxy, result)`` pair whose status is not OK."""
+    if isinstance(failure, BaseException):
+        text = f"{type(failure).__name__}: {failure}"
+    elif isinstance(failure, tuple) and len(failure) == 2 and hasattr(failure[1], "status"):
+        status = failure[1].status
+        text = f"{getattr(status.code, 'name', status.code)}: {status.message}"
+    else:
+        text = repr(failure)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[:1000]
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -263,6 +292,10 @@ def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]
                   "FG PSNR | FG SSIM | FG LPIPS | attack s |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in privacy:
+            if "skipped" in r:
+                lines.append(f"| {r['round']} | {r['client']} | | not attacked: {r['skipped']} "
+                             "| | | | | | | |")
+                continue
             lines.append(
                 f"| {r['round']} | {r['client']} | {r['num_images']} | "
                 f"{r.get('psnr', math.nan):.2f} | {r.get('ssim', math.nan):.4f} | "

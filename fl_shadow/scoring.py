@@ -28,7 +28,8 @@ from torch import nn
 from fl_shadow import metrics
 from fl_shadow.data.base import ImageSet
 from fl_shadow.audit import AuditRecord, attacked_indices
-from attacks.base import Reconstruction
+from fl_shadow.saliency import cam_maps, top_fraction_mask
+from fl_shadow.threat_model import Reconstruction
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,8 @@ class Scorer:
     def foreground(self, images: torch.Tensor, labels: torch.Tensor,
                    global_arrays: list[np.ndarray]) -> torch.Tensor:
         """``(N, H, W)`` bool: each image's top Grad-CAM++ region on the global model."""
-        from fl_shadow.saliency import cam_maps, top_fraction_mask
-
-        assert self.model_factory is not None
+        if self.model_factory is None:
+            raise ValueError("Scorer.foreground needs a model_factory")
         model = self.model_factory().cpu()
         model.load_state_dict({k: torch.as_tensor(np.asarray(a)) for k, a in
                                zip(self.state_keys, global_arrays, strict=True)})

@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fl_shadow.errors import ConfigError
+
 if TYPE_CHECKING:
+    from fl_shadow.config import TrainConfig
     from fl_shadow.defenses.base import Defense, DefenseContext
 
 
@@ -32,6 +35,8 @@ class LocalTraining:
         momentum: SGD momentum.
         weight_decay: L2 penalty.
         optimizer: ``sgd`` or ``adam``.
+        proximal_mu: FedProx's proximal weight: each step's loss adds
+            ``proximal_mu / 2 * ||w - w_global||^2`` over the trainable parameters (0: none).
     """
 
     lr: float
@@ -41,6 +46,7 @@ class LocalTraining:
     momentum: float = 0.0
     weight_decay: float = 0.0
     optimizer: str = "sgd"
+    proximal_mu: float = 0.0
 
     def step_batch_sizes(self, num_examples: int) -> list[int]:
         """Batch size of each local step for a client holding ``num_examples`` images."""
@@ -53,6 +59,29 @@ class LocalTraining:
     def num_distinct_images(self, num_examples: int) -> int:
         """How many different images enter one round's update."""
         return min(num_examples, sum(self.step_batch_sizes(num_examples)))
+
+
+def local_training_plan(train: TrainConfig, *, batch_size: int,
+                        proximal_mu: float = 0.0) -> LocalTraining:
+    """The plan the server sends a client: the ``train`` section, the client's batch size
+    (``partition.batch_sizes``) and the strategy's proximal weight (FedProx).
+
+    Clients train with it and the curious server's attack replays it: both call this.
+    """
+    return LocalTraining(lr=train.lr, batch_size=batch_size, local_epochs=train.local_epochs,
+                         local_steps=train.local_steps, momentum=train.momentum,
+                         weight_decay=train.weight_decay, optimizer=train.optimizer,
+                         proximal_mu=proximal_mu)
+
+
+def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor],
+                  mu: float) -> torch.Tensor:
+    """FedProx's ``mu / 2 * sum ||p - p0||^2`` (Li et al. 2020, eq. 2), differentiable in
+    ``params``; ``anchor`` is the round's global model (not differentiated)."""
+    total = params[0].new_zeros(())
+    for p, p0 in zip(params, anchor, strict=True):
+        total = total + (p - p0.detach()).pow(2).sum()
+    return 0.5 * mu * total
 
 
 def batch_indices(num_examples: int, plan: LocalTraining,
@@ -104,6 +133,10 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator) -> LocalResult:
     """Run one round of local training through the defense's hooks.
 
+    The loss is cross-entropy on the batch the defense returns, plus FedProx's proximal term
+    around the round's starting weights when ``plan.proximal_mu`` is set (the reported
+    ``mean_loss`` is the cross-entropy alone).
+
     Args:
         model: the (possibly defense-wrapped) model, in place; put in train mode here.
         images: ``(N, C, H, W)`` normalized local images, on the model's device.
@@ -116,6 +149,7 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if plan.proximal_mu else []
     optimizer = make_optimizer(params, plan)
     batches = batch_indices(len(labels), plan, generator)
     losses = []
@@ -125,7 +159,8 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         x = defense.perturb_batch(x, y, model, ctx)
         model.train()
         loss = F.cross_entropy(model(x), y)
-        grads = list(torch.autograd.grad(loss, params))
+        objective = loss + proximal_term(params, anchor, plan.proximal_mu) if anchor else loss
+        grads = list(torch.autograd.grad(objective, params))
         grads = defense.protect_gradient(grads, model, x, y, ctx)
         for p, g in zip(params, grads, strict=True):
             p.grad = g.detach()
@@ -167,9 +202,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("train.device: expected a device this machine has; 'cuda' asked, "
+                          "no CUDA device is available (use auto or cpu)")
     return torch.device(name)
 
 
-__all__ = ["LocalTraining", "LocalResult", "batch_indices", "train_locally", "predict",
-           "evaluate_loss", "make_optimizer", "resolve_device"]
+__all__ = ["LocalTraining", "LocalResult", "batch_indices", "evaluate_loss",
+           "local_training_plan", "make_optimizer", "predict", "proximal_term", "resolve_device",
+           "train_locally"]

@@ -1,4 +1,4 @@
-"""Flower's own DP strategy wrappers around the curious FedAvg, attacked as the wire delivers.
+"""Flower's own DP strategy wrappers, composed inside the curious server.
 
 Flower 1.41 ships three DP setups for the legacy Strategy API (``strategy.flower_dp.mode``):
 
@@ -14,15 +14,13 @@ Flower 1.41 ships three DP setups for the legacy Strategy API (``strategy.flower
   Gaussian noise to it (:mod:`clients.flower_dp_mods`). The server receives *noised* updates.
 
 The central wrappers add their noise after aggregation, so they protect the released model
-from third parties, not the clients from the server. The curious server of this project
-attacks each update exactly as it arrives: the subclasses below call
-:meth:`CuriousFedAvg.observe_updates` first in ``aggregate_fit``, before Flower's wrapper
-clips (server side) and before any noise is added; the inner strategy's own call is then a
-no-op. Everything else (round offset when resuming, fit config, central evaluation,
-checkpoints) stays in :class:`CuriousFedAvg`, which the wrappers delegate to. The wrappers
-replace the aggregate with its noised version, and Flower's server loop hands that to
-``evaluate``: the central evaluation, the recorded utility and the checkpoint are of the DP
-model, the one the federation actually continues from.
+from third parties, not the clients from the server. The curious server sees this directly:
+the wrappers are Flower's own classes, unchanged, placed *inside*
+:class:`~strategies.curious.CuriousServer` (``CuriousServer(DP(FedAvg))``), whose
+``aggregate_fit`` observes and attacks every update exactly as it arrives before handing the
+round to the DP wrapper, which then clips (server side) and noises the aggregate. Flower's
+server loop hands the noised aggregate to ``evaluate``: the central evaluation, the recorded
+utility and the checkpoint are of the DP model, the one the federation actually continues from.
 
 Flower's noise comes from NumPy's legacy global generator. The server seeds it from
 ``config.seed`` (:func:`seed_central_noise`) so that a run and its resume repeat; its state is
@@ -35,15 +33,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.common import FitRes, Parameters, Scalar
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
 )
 
 from fl_shadow.config import FlowerDpConfig
-from strategies.curious_fedavg import CuriousFedAvg
 
 log = logging.getLogger(__name__)
 
@@ -51,66 +47,18 @@ log = logging.getLogger(__name__)
 _CENTRAL_NOISE_SEED_TAG = 0xD9
 
 
-class _ObservesBeforeDp:
-    """What both central wrappers add: attack first, forward the attributes the app reads."""
-
-    strategy: CuriousFedAvg
-
-    @property
-    def curious(self) -> CuriousFedAvg:
-        """The wrapped curious FedAvg (recorder, attack hook, round offset)."""
-        return self.strategy
-
-    @property
-    def remaining_rounds(self) -> int:
-        """Rounds Flower still has to run (:attr:`CuriousFedAvg.remaining_rounds`)."""
-        return self.strategy.remaining_rounds
-
-    def _observe(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                 failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                 ) -> list[tuple[ClientProxy, FitRes]]:
-        try:
-            return self.strategy.observe_updates(server_round, results, failures)
-        except BaseException as exc:
-            self.strategy.recorder.fail(exc)
-            raise
-
-
-class CuriousServerSideFixedClipping(_ObservesBeforeDp, DifferentialPrivacyServerSideFixedClipping):
-    """Flower's server-side-clipping central DP; the server attacks the raw updates first."""
-
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        results = self._observe(server_round, results, failures)
-        return super().aggregate_fit(server_round, results, failures)
-
-
-class CuriousClientSideFixedClipping(_ObservesBeforeDp, DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side-clipping central DP; the server attacks the clipped updates."""
-
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        results = self._observe(server_round, results, failures)
-        return super().aggregate_fit(server_round, results, failures)
-
-
-FlowerDpStrategy = CuriousServerSideFixedClipping | CuriousClientSideFixedClipping
-
-
 def seed_central_noise(seed: int) -> None:
     """Seed NumPy's global generator, which Flower's central DP noise draws from."""
     np.random.seed(np.random.SeedSequence([seed, _CENTRAL_NOISE_SEED_TAG]).generate_state(1)[0])
 
 
-def wrap_with_flower_dp(strategy: CuriousFedAvg, dp: FlowerDpConfig, *, num_clients: int,
-                        seed: int) -> CuriousFedAvg | FlowerDpStrategy:
+def wrap_with_flower_dp(strategy: Strategy, dp: FlowerDpConfig, *, sampled_clients: int,
+                        seed: int) -> Strategy:
     """Wrap ``strategy`` in the Flower DP wrapper that ``dp.mode`` asks for.
 
     ``none`` and ``local_dp`` (a client-side mod only) return ``strategy`` itself. The noise
-    of the central modes is calibrated to the clients FedAvg samples each round out of
-    ``num_clients``, as Flower's ``num_sampled_clients`` expects.
+    of the central modes is calibrated to ``sampled_clients``, the clients the strategy samples
+    each round, as Flower's ``num_sampled_clients`` expects.
     """
     if dp.mode == "local_dp" and dp.sensitivity < dp.clipping_norm:
         log.warning("strategy.flower_dp.sensitivity %.4g < clipping_norm %.4g: LocalDpMod's "
@@ -118,14 +66,15 @@ def wrap_with_flower_dp(strategy: CuriousFedAvg, dp: FlowerDpConfig, *, num_clie
                     dp.sensitivity, dp.clipping_norm)
     if dp.mode in ("none", "local_dp"):
         return strategy
-    wrapper = {"server_side_clipping": CuriousServerSideFixedClipping,
-               "client_side_clipping": CuriousClientSideFixedClipping}[dp.mode]
-    sampled, _ = strategy.num_fit_clients(num_clients)
+    wrapper = {"server_side_clipping": DifferentialPrivacyServerSideFixedClipping,
+               "client_side_clipping": DifferentialPrivacyClientSideFixedClipping}[dp.mode]
     seed_central_noise(seed)
     wrapped = wrapper(strategy, noise_multiplier=dp.noise_multiplier,
-                      clipping_norm=dp.clipping_norm, num_sampled_clients=sampled)
+                      clipping_norm=dp.clipping_norm, num_sampled_clients=sampled_clients)
     log.info("Flower DP %s: clipping norm %.4g, noise std on the aggregate %.4g (%d sampled "
              "clients)", dp.mode, dp.clipping_norm,
-             dp.noise_multiplier * dp.clipping_norm / sampled, sampled)
+             dp.noise_multiplier * dp.clipping_norm / sampled_clients, sampled_clients)
     return wrapped
 
+
+__all__ = ["seed_central_noise", "wrap_with_flower_dp"]

@@ -69,7 +69,7 @@ from typing import Any
 
 import torch
 
-from attacks.base import Attack, Observation, Prior, Reconstruction
+from fl_shadow.threat_model import Attack, Observation, Prior, Reconstruction
 
 log = logging.getLogger(__name__)
 

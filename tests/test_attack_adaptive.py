@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from attack_cases import MEAN, STD, Case, client_update, scores
-from attacks import build_attack, describe_defense
-from attacks.adaptive import ShadowNoiseModel, defense_model
+from attacks import build_attack
+from attacks.adaptive import defense_model
 from attacks.objectives import l2_cost
 from attacks.replay import UpdateReplay
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config_dict
-from fl_shadow.defenses import build_defense
+from fl_shadow.defenses import build_defense, describe_defense
+from fl_shadow.defenses.shadow.defense import ShadowNoiseModel
 from fl_shadow.training import LocalTraining
 
 CPU = torch.device("cpu")
@@ -95,20 +97,20 @@ def test_knowledge_holds_public_parameters_only() -> None:
 
 
 def test_hook_hands_the_defense_over_only_when_adaptive() -> None:
-    from attacks import Prior
-    from strategies.attack_hook import AttackHook
+    from strategies.attack_hook import ReceivedUpdate
 
     case = _defended_case("clipping", {"max_norm": 0.1})
     keys_ = list(case.observation.global_state)
     arrays = [v.numpy() for v in case.observation.global_state.values()]
     sent = [case.observation.client_state[k].numpy() for k in keys_]
-    prior: Prior = case.prior
     for adaptive in (False, True):
         config = load_config_dict({"defense": {"name": "clipping", "params": {"max_norm": 0.1}},
                                    "attack": {"name": "inverting_gradients",
                                               "adaptive": adaptive}})
-        hook = AttackHook(config, prior, keys_, label_lookup=None, device=CPU)
-        obs, _ = hook.observe(1, 0, arrays, sent, 1, {})
+        federation = Federation(config)
+        hook = federation.attack_hook()
+        assert hook is not None and hook.state_keys == keys_  # same ConvNet layout
+        obs, _ = hook.observe(1, arrays, ReceivedUpdate(0, sent, 1, {}))
         if adaptive:
             assert obs.defense is not None and obs.defense.name == "clipping"
             assert obs.defense.params["max_norm"] == 0.1

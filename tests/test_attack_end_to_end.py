@@ -11,34 +11,31 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attacks import Prior
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
-from fl_shadow.data import client_dataset, load_dataset
+from fl_shadow.data import client_dataset
 from fl_shadow.scoring import Scorer, score_reconstruction
-from fl_shadow.server_app import model_builder
-from strategies.attack_hook import AttackHook
+from fl_shadow.threat_model import AttackOutcome
+from strategies.attack_hook import ReceivedUpdate
 
 
 def attack_client(client: int, *overrides: str):  # type: ignore[no-untyped-def]
     # the default config: ConvNet width 32, 32 px, Inverting Gradients' default parameters
     config = load_config(None, ["train.device=cpu", "attack.params.progress=false", *overrides])
-    splits = load_dataset(config.data, seed=config.seed)
-    build = model_builder(config, splits)
-    torch.manual_seed(config.seed)
-    arrays = [v.numpy() for v in build().state_dict().values()]
+    federation = Federation(config)
+    splits = federation.splits
+    arrays = federation.initial_arrays()
     indices, local = client_dataset(splits, config.partition, client, seed=config.seed)
     data = LocalData(local.images, local.labels, np.asarray(indices), splits.mean, splits.std,
                      splits.num_classes)
-    sent, n, metrics = DefendedClient(config, client, data, None, send_audit=True).fit(
-        arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 1})
-    prior = Prior(model_factory=build, image_shape=splits.image_shape,
-                  num_classes=splits.num_classes, mean=splits.mean, std=splits.std)
-    hook = AttackHook(config, prior, list(build().state_dict()),
-                      label_lookup=splits.train.labels, device=torch.device("cpu"))
-    outcome = hook.run(1, client, arrays, sent, n, metrics)
-    assert outcome is not None
+    defended = federation.client_for(client, data, context=None, send_audit=True)
+    sent, n, metrics = defended.fit(arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 1})
+    hook = federation.attack_hook()
+    assert hook is not None
+    outcome = hook.run(1, arrays, ReceivedUpdate(client, sent, n, metrics))
+    assert isinstance(outcome, AttackOutcome)
     scores = Scorer(splits.train).score(outcome.reconstruction, outcome.audit)
     truth_idx = [i for batch in outcome.audit for i in batch]
     g = torch.Generator().manual_seed(0)

@@ -257,7 +257,7 @@ def test_registered_with_validated_params():
     ({"iterations": 0}, r"attack.params.iterations: expected an integer >= 1, got 0"),
     ({"bn_weight": -1}, r"attack.params.bn_weight: expected a number >= 0"),
     ({"group_size": 0}, r"attack.params.group_size: expected an integer >= 1"),
-    ({"group_start": 1.0}, r"attack.params.group_start: expected a number in \[0, 1\)"),
+    ({"group_start": 1.0}, r"attack.params.group_start: expected a number < 1, got 1.0"),
     ({"bn_reference": "true"}, r"attack.params.bn_reference: expected one of update, global"),
     ({"cost": "l1"}, r"attack.params.cost: expected one of cosine, l2"),
 ])

@@ -235,12 +235,42 @@ def test_missing_parameter_in_upload_is_a_threat_model_error():
         _attack(iterations=2).reconstruct(stripped, prior)
 
 
-def test_too_many_images_raises_a_clear_error():
-    observation, prior = _observe(_camera(), [0], LocalTraining(lr=0.01, batch_size=1))
-    big = dataclasses.replace(observation, num_images=5)
-    with pytest.raises(ValueError, match=r"from 5 images, more than "
-                                         r"attack.params.max_images=4"):
-        _attack(iterations=2, max_images=4).reconstruct(big, prior)
+def test_too_many_images_are_skipped_by_the_hook():
+    """``attack.max_images`` is the one limit: the hook skips a larger update, with the reason
+    (a ``skipped`` privacy row), and attacks one within it."""
+    from fl_shadow.config import load_config_dict
+    from fl_shadow.threat_model import AttackOutcome
+    from strategies.attack_hook import AttackHook, ReceivedUpdate, Skipped
+
+    plan = LocalTraining(lr=0.01, batch_size=1)
+    observation, prior = _observe(_camera(), [0], plan)
+    selection = load_config_dict({"train": {"rounds": 1},
+                                  "attack": {"name": "inverting_gradients",
+                                             "max_images": 4}}).attack
+    keys_ = list(observation.global_state)
+    hook = AttackHook(_attack(iterations=2), prior, selection=selection, num_rounds=1,
+                      plan_for=lambda _client: plan, state_keys=keys_, label_lookup=None,
+                      defense_knowledge=None, device=CPU)
+    global_arrays = [observation.global_state[k].numpy() for k in keys_]
+    sent = [observation.client_state[k].numpy() for k in keys_]
+    skipped = hook.run(1, global_arrays, ReceivedUpdate(0, sent, 5, {}))
+    assert isinstance(skipped, Skipped)
+    assert (skipped.server_round, skipped.client_id) == (1, 0)
+    assert skipped.reason == "the update holds 5 images > attack.max_images=4"
+    attacked = hook.run(1, global_arrays, ReceivedUpdate(0, sent, 1, {}))
+    assert isinstance(attacked, AttackOutcome) and attacked.reconstruction.images.shape[0] == 1
+
+
+def test_max_images_above_the_attacks_ceiling_is_refused_at_load():
+    from fl_shadow.apps.experiment import load_experiment
+
+    assert ATTACKS.get("inverting_gradients").max_images == 16
+    config, _ = load_experiment(None, ["attack.name=inverting_gradients",
+                                       "attack.max_images=16"], data=False)
+    assert config.attack.max_images == 16
+    with pytest.raises(ConfigError, match=r"^attack.max_images: expected at most 16 .*got 17$"):
+        load_experiment(None, ["attack.name=inverting_gradients", "attack.max_images=17"],
+                        data=False)
 
 
 def test_wrong_number_of_given_labels():

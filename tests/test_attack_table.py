@@ -21,7 +21,7 @@ TINY = ["data.image_size=8", "model.width=4", "train.rounds=2", "train.device=cp
 
 
 def tiny_spec(tmp_path: Path) -> Path:
-    spec = {"base": "experiments/configs/default.yaml", "overrides": TINY,
+    spec = {"base": "default.yaml", "overrides": TINY,
             "rounds": [1, 2], "clients": [0, 1],
             "rows": [{"label": "ig", "attack": "inverting_gradients",
                       "params": {"iterations": 3, "progress": False}},
@@ -43,29 +43,37 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Table:
     return spec, out, results
 
 
-def test_fedavg_is_the_sample_weighted_average() -> None:
-    a = at.ClientReply([np.array([1.0, 2.0], np.float32)], 1, {})
-    b = at.ClientReply([np.array([5.0, 6.0], np.float32)], 3, {})
-    (avg,) = at.fedavg([a, b])
-    np.testing.assert_allclose(avg, [(1 * 1 + 5 * 3) / 4, (2 * 1 + 6 * 3) / 4])
-
-
 def test_later_round_model_is_trained_and_round_one_is_the_initial_model(
-        table: Table) -> None:
+        table: Table, tmp_path: Path) -> None:
     spec, _, results = table
     config = at.base_config(spec)
-    splits = at.load_dataset(config.data, seed=config.seed)
-    fed = at.replay_federation(config, splits, keep_rounds=[1, 2], keep_clients=[0, 1],
-                               device=at.resolve_device("cpu"))
+    fed = at.replay_federation(config, tmp_path / "replay", keep_rounds=[1, 2],
+                               keep_clients=[0, 1])
     first, later = fed.rounds[1].global_arrays, fed.rounds[2].global_arrays
-    assert all(np.array_equal(x, y) for x, y in zip(first, at.initial_arrays(config, splits)))
+    initial = at.Federation(config).initial_arrays()
+    assert all(np.array_equal(x, y) for x, y in zip(first, initial))
     assert any(not np.array_equal(x, y) for x, y in zip(first, later))
-    # Round 2's model is the average of round 1's replies (client 0 holds 1 of 165 images).
+    # The kept replies are the two attacked clients' (client 0 holds 1 image), as they arrived.
     assert set(fed.rounds[1].replies) == {0, 1} and fed.rounds[1].replies[0].num_examples == 1
     # The replay is deterministic: the table's recorded curve is this one.
     assert [u["accuracy"] for u in fed.utility] == \
         [u["accuracy"] for u in results["federation"]["utility"]]
     assert len(fed.utility) == 3  # the initial model and two rounds
+
+
+def test_the_description_comes_from_the_config(table: Table) -> None:
+    _, out, results = table
+    text = results["federation"]["description"]
+    assert "no defense" in text and "2 rounds" in text and "fedavg" in text
+    md = out.with_name("table.md").read_text()
+    assert text in md
+    spec = at.load_spec(tiny_spec(out.parent))
+    defended = at.TableSpec(base=spec.base, overrides=(*spec.overrides,
+                                                        "defense.name=sparsification",
+                                                        "defense.params.prune_percent=90"),
+                            rounds=spec.rounds, clients=spec.clients, rows=spec.rows)
+    text = at.describe_federation(at.base_config(defended), defended)
+    assert "defense `sparsification` (prune_percent=90)" in text and "no defense" not in text
 
 
 def test_rows_carry_every_metric_and_timing(table: Table) -> None:
@@ -129,8 +137,10 @@ def test_spec_errors_name_the_key(tmp_path: Path) -> None:
                        "rows": [{"label": "a", "attack": "dlg", "params": 3}]})
     with pytest.raises(ConfigError, match="^round: unknown key"):
         at.parse_spec({"base": "b.yaml", "round": [1]})
-    with pytest.raises(ConfigError, match="ig.params.iterations"):
-        at.runnable_rows([at.TableRow("ig", "inverting_gradients", {"iterations": 0})])
+    with pytest.raises(ConfigError, match=r"^ig: attack.params.iterations: expected an integer "
+                                          r">= 1, got 0"):
+        at.runnable_rows(at.base_config(spec),
+                         [at.TableRow("ig", "inverting_gradients", {"iterations": 0})])
     late = at.TableSpec(base=spec.base, overrides=spec.overrides, rounds=(3,), clients=(0,),
                         rows=spec.rows)
     with pytest.raises(ConfigError, match=r"rounds: 3 is after .*train.rounds = 2"):
@@ -146,4 +156,4 @@ def test_the_shipped_spec_is_the_default_federation_with_every_attack() -> None:
     assert config.defense.name == "none"
     assert {r.attack for r in spec.rows} >= {"inverting_gradients", "dlg", "idlg",
                                              "gradinversion", "ggl", "gias"}
-    at.runnable_rows(spec.rows)  # registered rows' params validate
+    at.runnable_rows(config, spec.rows)  # registered rows are checked whole

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,16 +21,57 @@ from attacks import (
     build_attack,
     check_threat_model,
 )
-from clients.defended import DefendedClient
-from fl_shadow.config import load_config, load_config_dict
+from clients.defended import LocalData
+from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
+from fl_shadow.config import ExperimentConfig, load_config, load_config_dict
 from fl_shadow.errors import ConfigError, ThreatModelError
 from fl_shadow.models import ConvNet, build_model
+from fl_shadow.threat_model import AttackOutcome
 from fl_shadow.training import LocalTraining
-from strategies.attack_hook import AttackHook
-from test_client_and_hook import NUM_CLASSES, fit_config, fresh_arrays, make_config, make_data
+from strategies.attack_hook import AttackHook, ReceivedUpdate
 
 CPU = torch.device("cpu")
 ATTACK_NAMES = ["dlg", "idlg", "gradinversion", "inverting_gradients"]
+NUM_CLASSES = 3
+
+
+def make_config(**overrides: object) -> ExperimentConfig:
+    """Two clients of 4 and 6 images (batches of 2 and 3), ConvNet width 4 at 8 px."""
+    items = ["partition.num_clients=2", "partition.sizes=[4, 6]", "partition.batch_sizes=[2, 3]",
+             "strategy.min_fit_clients=2", "strategy.min_available_clients=2",
+             "model.width=4", "data.image_size=8", "train.device=cpu", "attack.clients=[0, 1]"]
+    items += [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, items)
+
+
+def make_data(n: int = 6, seed: int = 0) -> LocalData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 8, 8, generator=g)
+    labels = torch.arange(n) % NUM_CLASSES
+    return LocalData(images, labels, np.arange(100, 100 + n), (0.5,), (0.25,), NUM_CLASSES)
+
+
+def fresh_arrays(config: ExperimentConfig) -> list[np.ndarray]:
+    torch.manual_seed(0)
+    model = build_model("convnet", in_channels=1, num_classes=NUM_CLASSES, image_size=8,
+                        width=config.model.width)
+    return [v.numpy() for v in model.state_dict().values()]
+
+
+def fit_config(server_round: int = 1) -> dict[str, object]:
+    return {keys.SERVER_ROUND: server_round, keys.NUM_ROUNDS: 3}
+
+
+def make_hook(config: ExperimentConfig, prior: Prior, state_keys: list[str]) -> AttackHook:
+    """The configured attack in the curious server's hook, with the plans the federation sends
+    its clients, over a test prior (the federation's own would describe its dataset)."""
+    federation = Federation(config)
+    attack = federation.attack()
+    assert attack is not None
+    return AttackHook(attack, prior, selection=config.attack, num_rounds=config.train.rounds,
+                      plan_for=federation.plan_for, state_keys=state_keys, label_lookup=None,
+                      defense_knowledge=None, device=CPU)
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +147,14 @@ def test_bn_statistics_key_is_validated():
 def _hook_run(**overrides: object):
     """One client's round and the hook's observation of it (8 px, ConvNet width 4)."""
     config = make_config(**{"attack.params": "{iterations: 2, progress: false}", **overrides})
-    client = DefendedClient(config, 1, make_data(), None, send_audit=True)
+    client = Federation(config).client_for(1, make_data(), context=None, send_audit=True)
     arrays = fresh_arrays(config)
     sent, n, metrics = client.fit(arrays, fit_config())
     model = build_model("convnet", in_channels=1, num_classes=NUM_CLASSES, image_size=8, width=4)
     prior = Prior(model_factory=lambda: model, image_shape=(1, 8, 8), num_classes=NUM_CLASSES,
                   mean=(0.5,), std=(0.25,))
-    hook = AttackHook(config, prior, list(model.state_dict()), label_lookup=None, device=CPU)
-    return hook, (1, 1, arrays, sent, n, metrics), bn_statistic_names(model)
+    hook = make_hook(config, prior, list(model.state_dict()))
+    return hook, (1, arrays, ReceivedUpdate(1, sent, n, metrics)), bn_statistic_names(model)
 
 
 def test_withheld_bn_statistics_leave_the_observation():
@@ -131,7 +173,8 @@ def test_given_bn_statistics_reach_the_attack():
     observation, _ = hook.observe(*args)
     assert set(buffers) <= set(observation.client_state)
     outcome = hook.run(*args)
-    assert outcome is not None and outcome.reconstruction.info["bn_reference"] == 1.0
+    assert isinstance(outcome, AttackOutcome)
+    assert outcome.reconstruction.info["bn_reference"] == 1.0
 
 
 @pytest.mark.parametrize("name", ["inverting_gradients", "idlg"])
@@ -139,7 +182,8 @@ def test_attacks_without_the_need_run_when_bn_statistics_are_withheld(name):
     hook, args, _ = _hook_run(**{"attack.name": name, "attack.bn_statistics": "withheld",
                                  "attack.params": "{iterations: 1, progress: false}"})
     outcome = hook.run(*args)
-    assert outcome is not None and outcome.reconstruction.images.shape == (6, 1, 8, 8)
+    assert isinstance(outcome, AttackOutcome)
+    assert outcome.reconstruction.images.shape == (6, 1, 8, 8)
 
 
 # ---- what the attacker assumes of the local training ----------------------------------------
@@ -150,21 +194,21 @@ def test_assumed_training_replaces_the_sent_plan() -> None:
     sent = [case.observation.client_state[k].numpy() for k in keys_]
     raw = {"partition": {"scheme": "sizes", "num_clients": 1, "sizes": [2], "batch_sizes": [1]},
            "train": {"lr": 0.05}, "attack": {"name": "inverting_gradients"}}
-    plain = AttackHook(load_config_dict(raw), case.prior, keys_, label_lookup=None,
-                       device=torch.device("cpu"))
-    obs, _ = plain.observe(1, 0, arrays, sent, 2, {})
+    plain = make_hook(load_config_dict(raw), case.prior, keys_)
+    obs, _ = plain.observe(1, arrays, ReceivedUpdate(0, sent, 2, {}))
     assert obs.training.lr == 0.05 and obs.num_local_steps == 2
     raw["attack"]["assumed_training"] = {"lr": 0.01, "batch_size": 2}
-    guessing = AttackHook(load_config_dict(raw), case.prior, keys_, label_lookup=None,
-                          device=torch.device("cpu"))
-    obs, _ = guessing.observe(1, 0, arrays, sent, 2, {})
+    guessing = make_hook(load_config_dict(raw), case.prior, keys_)
+    obs, _ = guessing.observe(1, arrays, ReceivedUpdate(0, sent, 2, {}))
     assert obs.training.lr == 0.01 and obs.num_local_steps == 1 and obs.num_images == 2
 
 
 @pytest.mark.parametrize("assumed,match", [
-    ({"learning_rate": 0.1}, r"attack.assumed_training.learning_rate: expected a key among"),
+    ({"learning_rate": 0.1}, (r"attack.assumed_training.learning_rate: unknown key; expected "
+                              r"one of: lr, batch_size")),
     ({"lr": 0}, r"attack.assumed_training.lr: expected a number > 0"),
-    ({"optimizer": "lbfgs"}, r"attack.assumed_training.optimizer: expected sgd or adam"),
+    ({"optimizer": "lbfgs"}, (r"attack.assumed_training.optimizer: expected one of sgd, adam, "
+                              r"got 'lbfgs'")),
 ])
 def test_assumed_training_is_validated(assumed: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -20,22 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, RecordDict
-from flwr.common import (
-    Code,
-    EvaluateIns,
-    EvaluateRes,
-    FitIns,
-    FitRes,
-    Status,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
-from flwr.server import Server
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
 
-import fl_shadow.server_app as server_app
+import fl_shadow.apps.federation as federation_module
 from clients.defended import DefendedClient
 from fl_shadow import flower_keys as keys
 from fl_shadow.checkpoint import (
@@ -49,8 +35,9 @@ from fl_shadow.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from fl_shadow.cli import main as cli_main
-from fl_shadow.client_app import load_local_data
+from fl_shadow.apps.cli import main as cli_main
+from fl_shadow.apps.federation import Federation
+from fl_shadow.apps.inprocess import run_in_process
 from fl_shadow.config import ExperimentConfig, load_config
 from fl_shadow.errors import ResumeError
 from fl_shadow.report import RunRecorder, drop_rows_after, read_jsonl
@@ -80,7 +67,7 @@ _REFERENCES: dict[tuple, torch.nn.Module] = {}
 def _train_reference_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The reference classifier is a deterministic function of the public split and the seed
     (used in eval mode only); train it once for this module instead of once per server start."""
-    train = server_app.train_reference_classifier
+    train = federation_module.train_reference_classifier
 
     def once(public, *, seed: int, **kwargs):  # type: ignore[no-untyped-def]
         key = (tuple(public.images.shape), seed)
@@ -88,71 +75,34 @@ def _train_reference_once(monkeypatch: pytest.MonkeyPatch) -> None:
             _REFERENCES[key] = train(public, seed=seed, **kwargs)
         return _REFERENCES[key]
 
-    monkeypatch.setattr(server_app, "train_reference_classifier", once)
+    monkeypatch.setattr(federation_module, "train_reference_classifier", once)
 
 
 # ---- an in-process federation on Flower's legacy server loop ---------------------------------
-class InProcessClient(ClientProxy):
-    """A ClientProxy that calls a DefendedClient directly (what a SuperNode does remotely)."""
-
-    def __init__(self, cid: str, client: DefendedClient) -> None:
-        super().__init__(cid)
-        self.client = client
-
-    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
-        arrays, n, metrics = self.client.fit(parameters_to_ndarrays(ins.parameters), ins.config)
-        return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)
-
-    def evaluate(self, ins: EvaluateIns, timeout: float | None,
-                 group_id: int | None) -> EvaluateRes:
-        loss, n, metrics = self.client.evaluate(parameters_to_ndarrays(ins.parameters),
-                                                ins.config)
-        return EvaluateRes(Status(Code.OK, ""), loss, n, metrics)
-
-    def get_properties(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def get_parameters(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def reconnect(self, ins, timeout, group_id):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-
 class Killed(Exception):
     """Stands in for the process dying in the middle of a round."""
 
 
 def run_federation(config: ExperimentConfig, run_dir: Path, *, resume: Checkpoint | None = None,
                    die_in_round: int | None = None) -> list[np.ndarray]:
-    """Run (or continue) the federation; returns the final global model.
+    """Run (or continue) the federation in-process; returns the final global model.
 
     Fresh clients with empty node state every call, as in a new federation after a restart.
     ``die_in_round``: the central evaluation of that round raises, after the round's fit and
     attack rows were written.
     """
-    strategy = server_app.build_strategy(config, run_dir, resume=resume)
+    federation = Federation(config)
     if die_in_round is not None:
-        evaluate_fn = strategy.evaluate_fn
+        evaluate_fn = federation.evaluate_fn()
 
         def dying(server_round, arrays, cfg):  # type: ignore[no-untyped-def]
             if server_round == die_in_round:
                 raise Killed(f"killed in round {server_round}")
             return evaluate_fn(server_round, arrays, cfg)
 
-        strategy.evaluate_fn = dying
-    server = Server(client_manager=SimpleClientManager(), strategy=strategy)
-    server.set_max_workers(1)  # in-process clients share torch's global RNG: one at a time
-    for cid in range(config.partition.num_clients):
-        node = {keys.NODE_PARTITION_ID: cid,
-                keys.NODE_NUM_PARTITIONS: config.partition.num_clients}
-        client_id, data, _ = load_local_data(config, node)
-        context = Context(run_id=1, node_id=cid, node_config=node, state=RecordDict(),
-                          run_config={})
-        client = DefendedClient(config, client_id, data, context, send_audit=True)
-        server.client_manager().register(InProcessClient(str(cid), client))
-    server.fit(strategy.remaining_rounds, timeout=None)
-    return parameters_to_ndarrays(server.parameters)
+        federation.evaluate_fn = lambda: dying  # type: ignore[method-assign]
+    run_in_process(federation, run_dir, resume=resume)
+    return load_checkpoint(run_dir).arrays
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
@@ -385,13 +335,31 @@ def test_resume_refuses_defenses_with_client_state(tmp_path: Path,
 
 
 def test_strategy_rejects_a_checkpoint_with_nothing_left(tmp_path: Path) -> None:
-    from strategies.curious_fedavg import CuriousFedAvg
-
     checkpoint = Checkpoint(server_round=2, num_rounds=2, config_sha256="",
                             arrays=[np.zeros(1, np.float32)], rng=capture_rng())
     with pytest.raises(ValueError, match="checkpoint closes round 2, the run has 2"):
-        CuriousFedAvg(experiment_yaml="", num_rounds=2, resume=checkpoint,
-                      recorder=RunRecorder(tmp_path, "", 2))
+        Federation(tiny_config("train.rounds=2", "attack.rounds=[2]")).strategy(
+            tmp_path, resume=checkpoint)
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+def test_server_optimizer_state_resumes_exactly(tmp_path: Path, strategy: str) -> None:
+    """FedAdam's moments and FedAvgM's momentum live in the strategy between rounds: the
+    checkpoint carries them, so a resumed run ends with the uninterrupted run's numbers."""
+    params = ("strategy.params.eta=0.01" if strategy == "fedadam"
+              else "strategy.params.server_momentum=0.9")
+    config = tiny_config("attack.name=none", f"strategy.name={strategy}", params)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    final_whole = run_federation(config, whole)
+    with pytest.raises(Killed):
+        run_federation(config, broken, die_in_round=3)
+    _, checkpoint = prepare_resume(broken)
+    state = checkpoint.strategy_state
+    assert set(state) == ({"m_t", "v_t"} if strategy == "fedadam" else {"momentum_vector"})
+    assert all(value is not None and len(value) == len(final_whole) for value in state.values())
+    final_resumed = run_federation(config, broken, resume=checkpoint)
+    assert all(np.array_equal(x, y) for x, y in zip(final_whole, final_resumed, strict=True))
+    assert_same_results(whole, broken)
 
 
 # ---- end to end: a real `fl-shadow run` killed after round 1, then `fl-shadow resume` --------
@@ -418,7 +386,7 @@ def _kill_simulation(http_port: str) -> int:
 
 
 def _fl_shadow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fl_shadow.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "fl_shadow.apps.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -431,7 +399,7 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     # Same experiment, killed as soon as round 1 is checkpointed (while round 2 trains).
-    runner = subprocess.Popen([sys.executable, "-m", "fl_shadow.cli", "run", str(config),
+    runner = subprocess.Popen([sys.executable, "-m", "fl_shadow.apps.cli", "run", str(config),
                                "--run-dir", str(killed)], cwd=ROOT, env=flower_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+from pydantic import Field
 
 from fl_shadow.config import (
     DEFAULT_CONFIG,
     ExperimentConfig,
+    Float,
     apply_overrides,
-    build_params,
     load_config,
     load_config_dict,
     parse_overrides,
+    parse_settings,
+    settings,
 )
 from fl_shadow.errors import ConfigError
 
@@ -50,7 +54,7 @@ def test_int_accepted_for_float_and_scalar_for_list(tmp_path: Path) -> None:
         ("train:\n  rounds: two\n", r"^train\.rounds: expected an integer, got 'two'$"),
         ("train:\n  rounds: 2.5\n", r"^train\.rounds: expected an integer"),
         ("train:\n  optimizer: rmsprop\n", r"^train\.optimizer: expected one of sgd, adam"),
-        ("data:\n  channels: 2\n", r"^data\.channels: expected 1 or 3, got 2$"),
+        ("data:\n  channels: 2\n", r"^data\.channels: expected one of 1, 3, got 2$"),
         ("partition:\n  num_clients: 3\n  sizes: [1, 2]\n",
          r"^partition\.sizes: expected 3 entries \(one per client\)"),
         ("partition:\n  scheme: sizes\n", r"^partition\.sizes: expected a list"),
@@ -95,22 +99,22 @@ def test_attack_round_selection() -> None:
     assert chosen == [1, 4]
 
 
+@settings
+class _StrengthParams:
+    strength: Annotated[Float, Field(ge=0)] = 1.0
+
+
 def test_component_params_are_validated_by_their_dataclass() -> None:
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class P:
-        strength: float = 1.0
-
-        def validate(self, key: str) -> None:
-            if self.strength < 0:
-                raise ConfigError(f"{key}.strength: expected a number >= 0, got {self.strength}")
-
-    assert build_params(P, {"strength": 2}, "defense.params").strength == 2.0
-    with pytest.raises(ConfigError, match=r"^defense\.params\.strenght: unknown key"):
-        build_params(P, {"strenght": 2}, "defense.params")
+    P = _StrengthParams
+    assert parse_settings(P, {"strength": 2}, "defense.params").strength == 2.0
+    with pytest.raises(ConfigError, match=r"^defense\.params\.strenght: unknown key; expected "
+                                          r"one of: strength$"):
+        parse_settings(P, {"strenght": 2}, "defense.params")
     with pytest.raises(ConfigError, match=r"^defense\.params\.strength: expected a number >= 0"):
-        build_params(P, {"strength": -1}, "defense.params")
+        parse_settings(P, {"strength": -1}, "defense.params")
+    with pytest.raises(ConfigError, match=r"^defense\.params\.strength: expected a finite "
+                                          r"number, got inf$"):
+        parse_settings(P, {"strength": float("inf")}, "defense.params")
 
 
 def test_registry_lookup_lists_known_names() -> None:
@@ -123,16 +127,130 @@ def test_registry_lookup_lists_known_names() -> None:
 
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path, "train:\n  lr: -1\n")
-    proc = subprocess.run([sys.executable, "-m", "fl_shadow.cli", "validate", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "fl_shadow.apps.cli", "validate", str(path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["fl-shadow: train.lr: expected a number > 0, "
-                                                "got -1.0"]
+                                                "got -1"]
     assert "Traceback" not in proc.stderr
-    ok = subprocess.run([sys.executable, "-m", "fl_shadow.cli", "validate", str(DEFAULT_CONFIG)],
+    ok = subprocess.run([sys.executable, "-m", "fl_shadow.apps.cli", "validate", str(DEFAULT_CONFIG)],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
 
 
 def test_default_dataclass_is_valid() -> None:
     ExperimentConfig().validate()
+
+
+# ---- composition: `base:` -------------------------------------------------------------------
+def test_base_composes_and_a_new_component_drops_the_old_params(tmp_path: Path) -> None:
+    (tmp_path / "parent.yaml").write_text(
+        "base: default.yaml\nname: parent\ndefense:\n  name: dp\n  params: {clip_norm: 2.0}\n")
+    child = write(tmp_path, "base: parent.yaml\ntrain:\n  rounds: 4\n"
+                            "defense:\n  name: sparsification\n")
+    config = load_config(child)
+    default = load_config()
+    assert config.name == "parent" and config.train.rounds == 4
+    assert config.train.lr == default.train.lr and config.partition == default.partition
+    # dp's clip_norm did not leak into sparsification's params.
+    assert config.defense.name == "sparsification" and config.defense.params == {}
+    same_name = write(tmp_path, "base: parent.yaml\ndefense:\n  params: {noise_multiplier: 0.5}\n")
+    assert load_config(same_name).defense.params == {"clip_norm": 2.0, "noise_multiplier": 0.5}
+
+
+def test_base_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base: the chain of base configs loops back"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: nope\.yaml \(shipped "
+                                          r"configs: default, "):
+        load_config(write(tmp_path, "base: nope.yaml\n"))
+    with pytest.raises(ConfigError, match=r"exp\.yaml: base: expected the name or path"):
+        load_config(write(tmp_path, "base: [1]\n"))
+    with pytest.raises(ConfigError, match=r"^base: only a config file"):
+        load_config_dict({"base": "default.yaml"})
+
+
+def test_shipped_configs_load_by_name_and_shadow_is_a_short_diff() -> None:
+    from fl_shadow.config import SHIPPED_CONFIGS, shipped_config_names
+
+    assert {"default", "shadow", "flower_dp", "paper_scale", "paper_scale_shadow"} <= \
+        set(shipped_config_names())
+    shadow = load_config("shadow")
+    assert load_config("shadow.yaml") == shadow
+    assert shadow.defense.name == "shadow" and shadow.partition == load_config().partition
+    assert len((SHIPPED_CONFIGS / "shadow.yaml").read_text().splitlines()) < 40
+    assert load_config("paper_scale_shadow").model.name == "resnet18"
+
+
+# ---- strict YAML -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &x [1, 2]\nb: *x\n", r"exp\.yaml: YAML aliases are not accepted \(\*x on line 2\)"),
+        ("train:\n  lr: 0.1\ntrain:\n  rounds: 2\n",
+         r"exp\.yaml: line 3: duplicate key 'train' \(first on line 1\)"),
+        ("train: {lr: 1, lr: 2}\n", r"line 1: duplicate key 'lr'"),
+        ("[" * 5000 + "]" * 5000, r"exp\.yaml: nested deeper than 32 levels"),
+        ("name: a\0b\n", r"exp\.yaml: not a text file \(it holds NUL bytes\)"),
+        ("? [1, 2]\n: 3\n", r"exp\.yaml: line 1: a key must be a plain value"),
+    ],
+)
+def test_yaml_is_read_strictly(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_a_billion_laughs_file_is_refused_before_expansion(tmp_path: Path) -> None:
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="YAML aliases are not accepted"):
+        load_config(path)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_binary_and_huge_files_are_one_line_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"bin\.yaml: not UTF-8 text"):
+        load_config(binary)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"huge\.yaml: larger than 1024 KiB"):
+        load_config(huge)
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=.inf", r"^train\.lr: expected a finite number, got inf$"),
+        ("train.lr=.nan", r"^train\.lr: expected a finite number, got nan$"),
+        ("seed=1180591620717411303424", r"^seed: expected an integer <= 4294967295"),
+        ("data.image_size=100000", r"^data\.image_size: expected an integer <= 1024"),
+        ("name=a/b", r"^name: expected a printable name"),
+        ("train.rounds='3'", r"^train\.rounds: expected an integer, got '3'$"),
+        ("attack.adaptive=1", r"^attack\.adaptive: expected true or false, got 1$"),
+        ("attack.rounds=[0]", r"^attack\.rounds: expected round numbers >= 1"),
+        ("attack.rounds=[11]", r"^attack\.rounds: expected rounds of the run \(1\.\.10"),
+        ("strategy.min_available_clients=9", r"^strategy\.min_available_clients: expected at "
+                                             r"most partition\.num_clients \(4\)"),
+        ("attack.assumed_training.lr=.inf", r"^attack\.assumed_training\.lr: expected a "
+                                            r"number > 0, got inf$"),
+        ("train..lr=1", r"empty key part"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "train:\nstrategy:\n  flower_dp:\n"))
+    assert config.train == ExperimentConfig().train

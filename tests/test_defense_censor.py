@@ -8,8 +8,9 @@ import torch
 from flwr.app import Context, RecordDict
 from torch import nn
 
-from clients.defended import DEFENSE_STATE_KEY, DefendedClient, LocalData
+from clients.defended import DEFENSE_STATE_KEY, LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
 from fl_shadow.defenses.base import DefenseContext, build_defense
 from fl_shadow.defenses.censor import (
@@ -155,9 +156,10 @@ def test_same_generator_seed_same_gradient() -> None:
 
 @pytest.mark.parametrize(("params", "match"), [
     ({"num_trials": 0}, r"^defense\.params\.num_trials: expected an integer >= 1"),
-    ({"epsilon": 0}, r"^defense\.params\.epsilon: expected a number in \(0, 1\)"),
+    ({"epsilon": 0}, r"^defense\.params\.epsilon: expected a number > 0, got 0$"),
+    ({"epsilon": 1}, r"^defense\.params\.epsilon: expected a number < 1, got 1$"),
     ({"probe_lr": -1}, r"^defense\.params\.probe_lr: expected a number > 0"),
-    ({"rounds": [0, 2]}, r"^defense\.params\.rounds: expected round numbers >= 1"),
+    ({"rounds": [0, 2]}, r"^defense\.params\.rounds\[0\]: expected an integer >= 1, got 0$"),
     ({"history_size": -1}, r"^defense\.params\.history_size: expected an integer >= 0"),
 ])
 def test_bad_params_name_the_key(params: dict[str, object], match: str) -> None:
@@ -178,8 +180,8 @@ def test_defended_client_sends_an_update_orthogonal_to_the_true_gradient() -> No
     model = tiny_model()
     arrays = [v.numpy().copy() for v in model.state_dict().values()]
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    sent, _, metrics = DefendedClient(config, 1, data, context, send_audit=False).fit(
-        arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 2})
+    client = Federation(config).client_for(1, data, context=context, send_audit=False)
+    sent, _, metrics = client.fit(arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 2})
     assert metrics["defense-applied"] == 1.0 and "defense-improved_fraction" in metrics
 
     true_grads = grads_of(model, (images - 0.5) / 0.25, labels)  # one step over all 6 images

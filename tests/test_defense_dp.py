@@ -11,8 +11,9 @@ import torch
 from opacus.accountants import RDPAccountant
 from torch import nn
 
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
 from fl_shadow.defenses.base import DefenseContext, build_defense
 from fl_shadow.defenses.dp import DifferentialPrivacy, rdp_epsilon
@@ -132,10 +133,13 @@ def test_epsilon_edge_cases() -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
-    ("noise_multiplier", -1, "a finite number >= 0"),
+    ("noise_multiplier", -1, "a number >= 0"),
+    ("noise_multiplier", math.inf, "a finite number"),
     ("clip_norm", 0, "a number > 0"),
-    ("delta", 1.5, r"a number in \(0, 1\)"),
-    ("sample_rate", 0, r"a number in \(0, 1\]"),
+    ("delta", 1.5, "a number < 1"),
+    ("delta", 0, "a number > 0"),
+    ("sample_rate", 0, "a number > 0"),
+    ("sample_rate", 1.5, "a number <= 1"),
 ])
 def test_bad_params_name_the_key(key: str, value: float, expected: str) -> None:
     with pytest.raises(ConfigError, match=rf"^defense\.params\.{key}: expected {expected}, "):
@@ -147,9 +151,19 @@ def test_bad_buffer_mode_names_the_key() -> None:
         build_defense("dp", {"bn_buffers": "drop"})
 
 
-def test_zero_noise_warns() -> None:
+def test_weak_settings_warn_once_at_load() -> None:
+    from fl_shadow.apps.experiment import load_experiment
+
     with pytest.warns(UserWarning, match="noise_multiplier is 0"):
-        build_defense("dp", {"noise_multiplier": 0})
+        load_experiment(None, ["defense.name=dp", "defense.params.noise_multiplier=0"],
+                        data=False)
+    with pytest.warns(UserWarning, match=r"sample_rate \(0.5\) is below strategy.fraction_fit "
+                                         r"\(1\): the reported epsilon is too small"):
+        load_experiment(None, ["defense.name=dp", "defense.params.sample_rate=0.5"],
+                        data=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # parsing the params again (each round) is silent
+        build_defense("dp", {"noise_multiplier": 0, "sample_rate": 0.5})
 
 
 def test_defended_client_sends_a_clipped_update_and_reports_epsilon() -> None:
@@ -162,8 +176,8 @@ def test_defended_client_sends_a_clipped_update_and_reports_epsilon() -> None:
     data = LocalData(images, torch.arange(6) % 3, np.arange(6), (0.5,), (0.25,), 3)
     model = tiny_model()
     arrays = [v.numpy().copy() for v in model.state_dict().values()]
-    sent, _, metrics = DefendedClient(config, 1, data, None, send_audit=False).fit(
-        arrays, {keys.SERVER_ROUND: 2, keys.NUM_ROUNDS: 3})
+    client = Federation(config).client_for(1, data, context=None, send_audit=False)
+    sent, _, metrics = client.fit(arrays, {keys.SERVER_ROUND: 2, keys.NUM_ROUNDS: 3})
     params = dict(model.named_parameters())
     names = list(model.state_dict())
     deltas = {k: a - b for k, a, b in zip(names, sent, arrays)}

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from flwr.app import Context, RecordDict
 from torch import nn
 
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import DefenseConfig, load_config
 from fl_shadow.defenses.base import DefenseContext, build_defense
 from fl_shadow.defenses.none import NoDefense
@@ -155,15 +156,15 @@ def test_client_evaluates_the_global_model_with_its_key() -> None:
     test_x, test_y = separable_data(30, seed=5)
     data = LocalData(x, y, np.arange(30), (0.0,), (1.0,), NUM_CLASSES, test_x, test_y)
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    client = DefendedClient(config, 0, data, context, send_audit=False)
+    client = Federation(config).client_for(0, data, context=context, send_audit=False)
     torch.manual_seed(0)
     model = build_model("convnet", in_channels=1, num_classes=NUM_CLASSES, image_size=8, width=8)
     arrays = [v.numpy() for v in model.state_dict().values()]
     cfg = {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 2}
     sent, _, _ = client.fit(arrays, cfg)
     _, n, keyed = client.evaluate(sent, cfg)
-    plain = DefendedClient(replace(config, defense=DefenseConfig("none", {})), 0, data, None,
-                           send_audit=False)
+    plain = Federation(replace(config, defense=DefenseConfig("none", {}))).client_for(
+        0, data, context=None, send_audit=False)
     _, _, unkeyed = plain.evaluate(sent, cfg)
     assert n == 30 and keyed[keys.PARTITION_ID] == 0
     assert keyed["accuracy"] >= 0.9

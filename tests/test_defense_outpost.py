@@ -118,8 +118,10 @@ def test_same_generator_seed_same_perturbation() -> None:
 
 @pytest.mark.parametrize(("params", "match"), [
     ({"beta": -1}, r"^defense\.params\.beta: expected a number >= 0"),
-    ({"phi": 140}, r"^defense\.params\.phi: expected a number in \[0, 100\]"),
-    ({"prune_base": -5}, r"^defense\.params\.prune_base: expected a number in \[0, 100\]"),
+    ({"phi": 140}, r"^defense\.params\.phi: expected a number <= 100, got 140$"),
+    ({"phi": -1}, r"^defense\.params\.phi: expected a number >= 0, got -1$"),
+    ({"prune_base": -5}, r"^defense\.params\.prune_base: expected a number >= 0, got -5$"),
+    ({"prune_base": 101}, r"^defense\.params\.prune_base: expected a number <= 100, got 101$"),
     ({"noise_base": -0.1}, r"^defense\.params\.noise_base: expected a number >= 0"),
 ])
 def test_bad_params_name_the_key(params: dict[str, float], match: str) -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
 from fl_shadow.defenses import DefenseContext, build_defense
 from fl_shadow.defenses.base import Defense
@@ -26,7 +27,8 @@ from fl_shadow.defenses.shadow.noise import (
     update_memory,
 )
 from fl_shadow.errors import ConfigError
-from fl_shadow.generative import ImageGenerator, load_checkpoint, pretrained_generator
+from fl_shadow.generative import ImageGenerator, load_checkpoint
+from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.models import build_model
 from fl_shadow.saliency import cam_maps, top_fraction_mask
 from fl_shadow.training import LocalTraining, train_locally
@@ -304,7 +306,7 @@ def test_the_pretrained_checkpoint_is_the_one_loaded(tmp_path) -> None:
     defense = build_defense("shadow", {"z_iter": 5, "progress": False, "shadow_train": False})
     images, labels = local_data()
     ctx = context(1)
-    ctx.experiment = config
+    ctx.public_generator = Federation(config).public_generator  # what the client hands over
     defense.setup(images, labels, tiny_model(), ctx)
     loaded = defense.state_dict()
     for k, v in saved.items():
@@ -334,7 +336,7 @@ def test_client_keeps_the_shadow_in_its_node_state(tmp_path) -> None:
     images, labels = local_data()
     data = LocalData((images * STD[0] + MEAN[0]), labels, np.arange(6), MEAN, STD, 3)
     node = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    client = DefendedClient(config, 1, data, node, send_audit=False)
+    client = Federation(config).client_for(1, data, context=node, send_audit=False)
     arrays = [v.numpy() for v in tiny_model().state_dict().values()]
     _, _, m1 = client.fit(arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 3})
     assert "defense-shadow_latent_mse" in m1

@@ -120,7 +120,9 @@ def test_same_inputs_same_mask() -> None:
 
 
 @pytest.mark.parametrize(("params", "match"), [
-    ({"pruning_rate": 101}, r"^defense\.params\.pruning_rate: expected a number in \[0, 100\]"),
+    ({"pruning_rate": 101}, (r"^defense\.params\.pruning_rate: expected a number <= 100, "
+                             r"got 101$")),
+    ({"pruning_rate": -1}, r"^defense\.params\.pruning_rate: expected a number >= 0, got -1$"),
     ({"eps": -0.1}, r"^defense\.params\.eps: expected a number >= 0"),
 ])
 def test_bad_params_name_the_key(params: dict[str, float], match: str) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
 from fl_shadow.defenses.base import DefenseContext, build_defense
 from fl_shadow.defenses.sparsification import (
@@ -95,10 +97,12 @@ def test_ties_at_the_threshold_survive() -> None:
     assert torch.equal(prune_by_magnitude(flat, 80.0), flat)
 
 
-@pytest.mark.parametrize("bad", [-1, 100.5])
-def test_bad_percent_names_the_key(bad: float) -> None:
-    with pytest.raises(ConfigError, match=r"^defense\.params\.prune_percent: expected a number "
-                                          r"in \[0, 100\]"):
+@pytest.mark.parametrize(("bad", "bound"), [(-1, ">= 0"), (100.5, "<= 100"),
+                                            (math.inf, None), (math.nan, None)])
+def test_bad_percent_names_the_key(bad: float, bound: str | None) -> None:
+    expected = f"a number {bound}" if bound else "a finite number"
+    with pytest.raises(ConfigError, match=rf"^defense\.params\.prune_percent: expected "
+                                          rf"{re.escape(expected)}, got "):
         build_defense("sparsification", {"prune_percent": bad})
 
 
@@ -112,8 +116,8 @@ def test_defended_client_sends_a_sparse_update() -> None:
     data = LocalData(images, torch.arange(6) % 3, np.arange(6), (0.5,), (0.25,), 3)
     model = tiny_model()
     arrays = [v.numpy().copy() for v in model.state_dict().values()]
-    sent, _, metrics = DefendedClient(config, 1, data, None, send_audit=False).fit(
-        arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 1})
+    client = Federation(config).client_for(1, data, context=None, send_audit=False)
+    sent, _, metrics = client.fit(arrays, {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 1})
     params = dict(model.named_parameters())
     for (name, value), before, after in zip(model.state_dict().items(), arrays, sent):
         if name in params:

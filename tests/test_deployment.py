@@ -436,20 +436,20 @@ def test_scripts_run_from_the_command_line(tmp_path: Path) -> None:
 
 def test_a_hospital_node_trains_on_its_own_folder_and_is_numbered(
         tmp_path: Path, hospitals: dict[int, Path]) -> None:
-    from fl_shadow.client_app import load_local_data
+    from fl_shadow.apps.federation import Federation
     from fl_shadow.config import load_config
     from fl_shadow.errors import ConfigError
 
-    config = load_config(write_experiment(tmp_path), [])
+    federation = Federation(load_config(write_experiment(tmp_path), []))
     for cid, folder in hospitals.items():
-        client_id, data, simulation = load_local_data(config, {"data-path": str(folder),
-                                                               "client-id": cid})
-        assert (client_id, simulation) == (cid, False)
+        client = federation.client({"data-path": str(folder), "client-id": cid}, None)
+        assert (client.client_id, client.send_audit) == (cid, False)
+        data = client.data
         assert tuple(data.images.shape) == (HOSPITAL_TRAIN[cid], 1, 8, 8)
         assert sorted(data.labels.tolist()) == [0] * (HOSPITAL_TRAIN[cid] // 2) + \
             [1] * (HOSPITAL_TRAIN[cid] // 2)
     with pytest.raises(ConfigError, match=r"client-id must be in 0\.\.1 .*got 2"):
-        load_local_data(config, {"data-path": str(hospitals[0]), "client-id": 2})
+        federation.client({"data-path": str(hospitals[0]), "client-id": 2}, None)
 
 
 # -- deployment engine on loopback -------------------------------------------------------------
@@ -463,11 +463,12 @@ def test_insecure_deployment_with_a_defense_loses_a_hospital_and_takes_it_back(
         start_supernode(procs, f"hospital-{cid}", link, folder, cid)
     connection = write_connection(procs, link)
     run_dir = tmp_path / "results"
-    # min_fit_clients = min_available_clients = 2: every round waits for both hospitals and
-    # samples both (Flower's FedAvg sizes the sample before it waits for nodes, so with a smaller
-    # min_fit_clients the restarted node's return would be a race); a round that loses a node
-    # still aggregates the replies it got (accept_failures).
-    start_run(procs, connection, tmp_path, write_experiment(tmp_path, rounds=3), run_dir)
+    # min_available_clients = 2: every round waits for both hospitals and then samples both
+    # (the curious server waits before the strategy sizes its sample); min_fit_clients = 1: a
+    # round that loses one node still aggregates the reply it got, while a round with no
+    # reply would fail the run.
+    start_run(procs, connection, tmp_path, write_experiment(tmp_path, rounds=3, min_fit=1),
+              run_dir)
     procs.wait("both SuperNodes to join", lambda: activations(procs) == 2, 90)
 
     procs.wait("hospital 1 to receive round 2",

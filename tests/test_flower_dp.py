@@ -35,16 +35,17 @@ from flwr.server.client_proxy import ClientProxy
 
 from clients.flower_dp_mods import flower_dp_mod
 from fl_shadow import flower_keys as keys
-from fl_shadow.checkpoint import Checkpoint, load_checkpoint
+from fl_shadow.checkpoint import Checkpoint, config_digest, load_checkpoint
 from fl_shadow.config import FlowerDpConfig, load_config, load_config_dict
 from fl_shadow.errors import ConfigError
 from fl_shadow.report import RunRecorder, read_jsonl
-from strategies.curious_fedavg import CuriousFedAvg
-from strategies.flower_dp import (
-    CuriousClientSideFixedClipping,
-    CuriousServerSideFixedClipping,
-    wrap_with_flower_dp,
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
 )
+from strategies.curious import Checkpointer, CuriousServer, RoundClock, UpdateObserver
+from strategies.flower_dp import wrap_with_flower_dp
 
 CLIP = 1.0
 RNG = np.random.default_rng(0)
@@ -80,14 +81,14 @@ def ldp_std(dp: FlowerDpConfig) -> float:
     ("strategy.flower_dp.mode=ldp", "strategy.flower_dp.mode: expected one of none, "
                                     "server_side_clipping, client_side_clipping, local_dp"),
     ("strategy.flower_dp.clipping_norm=0", "strategy.flower_dp.clipping_norm: expected a "
-                                           "number > 0, got 0.0"),
+                                           "number > 0, got 0"),
     ("strategy.flower_dp.noise_multiplier=-1", "strategy.flower_dp.noise_multiplier: expected "
                                                "a number >= 0"),
     ("strategy.flower_dp.sensitivity=-0.5", "strategy.flower_dp.sensitivity: expected a "
                                             "number >= 0"),
     ("strategy.flower_dp.epsilon=0", "strategy.flower_dp.epsilon: expected a number > 0"),
-    ("strategy.flower_dp.delta=1", "strategy.flower_dp.delta: expected a number in \\(0, 1\\)"),
-    ("strategy.flower_dp.delta=0", "strategy.flower_dp.delta: expected a number in \\(0, 1\\)"),
+    ("strategy.flower_dp.delta=1", "strategy.flower_dp.delta: expected a number < 1"),
+    ("strategy.flower_dp.delta=0", "strategy.flower_dp.delta: expected a number > 0"),
     ("strategy.flower_dp.sigma=1", "strategy.flower_dp.sigma: unknown key"),
 ])
 def test_config_errors_name_the_dotted_key(override: str, message: str) -> None:
@@ -144,20 +145,16 @@ class MessageClient(ClientProxy):
         raise NotImplementedError
 
 
-class SpyHook:
-    """Stands in for the attack hook: records every update it is handed."""
-
-    parallel = 1  # attacked one by one, in the server process
+class SpyTap:
+    """Sees every update exactly where the attack hook would (the observer's tap)."""
 
     def __init__(self) -> None:
         self.seen: dict[int, list[np.ndarray]] = {}
 
-    def wants(self, server_round: int, client_id: int) -> bool:
-        return True
-
-    def run(self, server_round: int, client_id: int, global_arrays: list[np.ndarray],
-            client_arrays: list[np.ndarray], num_examples: int, metrics: object) -> None:
-        self.seen[client_id] = [np.array(a, copy=True) for a in client_arrays]
+    def __call__(self, server_round: int, global_arrays: list[np.ndarray],
+                 update: object) -> None:
+        self.seen[update.client_id] = [np.array(a, copy=True)  # type: ignore[attr-defined]
+                                       for a in update.arrays]  # type: ignore[attr-defined]
 
 
 class Killed(Exception):
@@ -166,14 +163,14 @@ class Killed(Exception):
 
 def federate(tmp_path: Path, dp: FlowerDpConfig, *, num_rounds: int = 1,
              resume: Checkpoint | None = None, die_in_round: int | None = None
-             ) -> tuple[SpyHook, object, list[np.ndarray], list[list[np.ndarray]]]:
+             ) -> tuple[SpyTap, CuriousServer, list[np.ndarray], list[list[np.ndarray]]]:
     """Run (or resume) the federation; returns the spy, the strategy, the final global model
     and every model the central evaluation saw."""
     raw = load_config(None).to_dict()
     raw["strategy"]["flower_dp"] = dataclasses.asdict(dp)
     raw["train"]["rounds"] = num_rounds
     config = load_config_dict(raw)
-    spy, evaluated = SpyHook(), []
+    spy, evaluated = SpyTap(), []
 
     def evaluate_fn(server_round, arrays, _config):  # type: ignore[no-untyped-def]
         if server_round == die_in_round:
@@ -181,14 +178,19 @@ def federate(tmp_path: Path, dp: FlowerDpConfig, *, num_rounds: int = 1,
         evaluated.append([np.array(a, copy=True) for a in arrays])
         return 0.0, {"accuracy": 0.0}
 
-    curious = CuriousFedAvg(  # the spy stands in for the AttackHook
-        experiment_yaml=config.to_yaml(), num_rounds=num_rounds, attack_hook=spy,  # type: ignore
-        recorder=RunRecorder(tmp_path, config.to_yaml(), num_rounds,
-                             resume_after=resume.server_round if resume else None),
-        fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2,
-        evaluate_fn=evaluate_fn, initial_parameters=ndarrays_to_parameters(GLOBAL),
-        resume=resume)
-    strategy = wrap_with_flower_dp(curious, config.strategy.flower_dp, num_clients=2, seed=0)
+    recorder = RunRecorder(tmp_path, config.to_yaml(), num_rounds,
+                           resume_after=resume.server_round if resume else None)
+    inner = FedAvg(fraction_evaluate=0.0, min_fit_clients=2, min_available_clients=2,
+                   evaluate_fn=evaluate_fn,
+                   initial_parameters=ndarrays_to_parameters(resume.arrays if resume else GLOBAL))
+    strategy = CuriousServer(
+        wrap_with_flower_dp(inner, config.strategy.flower_dp, sampled_clients=2, seed=0),
+        clock=RoundClock(num_rounds, resume.server_round if resume else 0),
+        round_config=lambda r: {keys.SERVER_ROUND: r, keys.NUM_ROUNDS: num_rounds,
+                                keys.EXPERIMENT: config.to_yaml()},
+        observer=UpdateObserver(recorder, [f"a{i}" for i in range(len(GLOBAL))], tap=spy),
+        recorder=recorder, checkpointer=Checkpointer(config_sha256=config_digest(
+            config.to_yaml())), min_fit_clients=2, resume_rng=resume.rng if resume else None)
     server = Server(client_manager=SimpleClientManager(), strategy=strategy)
     server.set_max_workers(1)
     for cid in (0, 1):
@@ -205,7 +207,7 @@ def test_server_side_clipping_the_attack_sees_raw_updates_the_model_is_noised(
         tmp_path: Path) -> None:
     dp = FlowerDpConfig(mode="server_side_clipping", noise_multiplier=1.0, clipping_norm=CLIP)
     spy, strategy, final, evaluated = federate(tmp_path, dp)
-    assert isinstance(strategy, CuriousServerSideFixedClipping)
+    assert isinstance(strategy.strategy, DifferentialPrivacyServerSideFixedClipping)
     for cid in (0, 1):  # exactly what the client sent, unclipped
         assert all(np.array_equal(a, b) for a, b in zip(spy.seen[cid], sent(UPDATES[cid]),
                                                         strict=True))
@@ -225,7 +227,7 @@ def test_server_side_clipping_the_attack_sees_raw_updates_the_model_is_noised(
 def test_client_side_clipping_the_attack_sees_clipped_updates(tmp_path: Path) -> None:
     dp = FlowerDpConfig(mode="client_side_clipping", noise_multiplier=1.0, clipping_norm=CLIP)
     spy, strategy, final, evaluated = federate(tmp_path, dp)
-    assert isinstance(strategy, CuriousClientSideFixedClipping)
+    assert isinstance(strategy.strategy, DifferentialPrivacyClientSideFixedClipping)
     seen = {cid: [s - g for s, g in zip(spy.seen[cid], GLOBAL, strict=True)] for cid in (0, 1)}
     assert norm(seen[0]) == pytest.approx(CLIP, rel=1e-5)
     # Clipping only rescales: the direction, all a cosine-matching attack uses, is intact.
@@ -241,7 +243,7 @@ def test_local_dp_the_attack_sees_noised_updates(tmp_path: Path) -> None:
     dp = FlowerDpConfig(mode="local_dp", clipping_norm=CLIP, sensitivity=CLIP, epsilon=10.0,
                         delta=1e-5)
     spy, strategy, final, _ = federate(tmp_path, dp)
-    assert isinstance(strategy, CuriousFedAvg)  # a client mod only: no server wrapper
+    assert isinstance(strategy.strategy, FedAvg)  # a client mod only: no server wrapper
     for cid in (0, 1):
         noise = flat(spy.seen[cid]) - flat(sent(clipped(UPDATES[cid], CLIP)))
         assert noise.std() == pytest.approx(ldp_std(dp), rel=0.1)  # ~0.485, the update ~0.02
@@ -253,7 +255,7 @@ def test_local_dp_the_attack_sees_noised_updates(tmp_path: Path) -> None:
 
 def test_no_flower_dp_leaves_updates_and_mean_untouched(tmp_path: Path) -> None:
     spy, strategy, final, _ = federate(tmp_path, FlowerDpConfig())
-    assert isinstance(strategy, CuriousFedAvg)
+    assert isinstance(strategy.strategy, FedAvg)
     for cid in (0, 1):
         assert all(np.array_equal(a, b) for a, b in zip(spy.seen[cid], sent(UPDATES[cid]),
                                                         strict=True))
@@ -284,13 +286,15 @@ def test_central_noise_resumes_exactly_after_a_crash(tmp_path: Path) -> None:
 
 def test_wrapper_forwards_rounds_and_fit_config(tmp_path: Path) -> None:
     config = load_config(None, ["train.rounds=4"])
-    curious = CuriousFedAvg(experiment_yaml=config.to_yaml(), num_rounds=4,
-                            recorder=RunRecorder(tmp_path, config.to_yaml(), 4),
-                            min_fit_clients=2, min_available_clients=2)
-    curious.start_round = 1  # as when resuming after round 1
+    recorder = RunRecorder(tmp_path, config.to_yaml(), 4)
     dp = FlowerDpConfig(mode="client_side_clipping", clipping_norm=2.5)
-    strategy = wrap_with_flower_dp(curious, dp, num_clients=2, seed=0)
-    assert strategy.remaining_rounds == 3 and strategy.curious is curious
+    inner = wrap_with_flower_dp(FedAvg(min_fit_clients=2, min_available_clients=2), dp,
+                                sampled_clients=2, seed=0)
+    strategy = CuriousServer(  # as when resuming after round 1
+        inner, clock=RoundClock(4, start_round=1),
+        round_config=lambda r: {keys.SERVER_ROUND: r, keys.EXPERIMENT: config.to_yaml()},
+        observer=UpdateObserver(recorder, []), recorder=recorder)
+    assert strategy.remaining_rounds == 3 and strategy.strategy is inner
     manager = SimpleClientManager()
     for cid in (0, 1):
         manager.register(MessageClient(cid))
@@ -315,16 +319,16 @@ def test_flower_clipping_counts_but_never_scales_batchnorm_counters() -> None:
 
 # ---- the project's ClientApp applies the mod --------------------------------------------
 def test_client_app_clips_a_real_update(tmp_path: Path) -> None:
-    import fl_shadow.client_app as client_app
-    from fl_shadow.data import load_dataset
-    from fl_shadow.server_app import model_builder
+    import fl_shadow.apps.client_app as client_app
+    from fl_shadow.apps.federation import Federation
 
     config = load_config(None, [
         "data.image_size=16", "partition.num_clients=2", "partition.sizes=[2, 6]",
         "partition.batch_sizes=[1, 3]", "model.width=4", "train.rounds=1", "train.device=cpu",
-        "strategy.min_fit_clients=2", "strategy.flower_dp.mode=client_side_clipping",
+        "strategy.min_fit_clients=2", "strategy.min_available_clients=2",
+        "strategy.flower_dp.mode=client_side_clipping",
         "strategy.flower_dp.clipping_norm=0.05"])
-    model = model_builder(config, load_dataset(config.data, seed=config.seed))()
+    model = Federation(config).architecture()
     names = list(model.state_dict())
     initial = [v.detach().numpy().copy() for v in model.state_dict().values()]
     ins = FitIns(ndarrays_to_parameters(initial), {

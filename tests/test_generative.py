@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_shadow.cli import needs_generator
+from fl_shadow.apps.experiment import resolve_components
 from fl_shadow.config import GeneratorConfig, load_config
 from fl_shadow.generative import (
     ImageGenerator,
@@ -18,11 +18,11 @@ from fl_shadow.generative import (
     checkpoint_path,
     fit_latents,
     load_checkpoint,
-    pretrained_generator,
     to_unit,
     train_generator,
 )
 from fl_shadow.generative import pretrain
+from fl_shadow.generative.public import pretrained_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = GeneratorConfig(latent_dim=8, max_channels=16, min_channels=8, iterations=4,
@@ -165,7 +165,7 @@ def test_cli_pretrains_into_the_cache_and_knows_who_needs_a_generator(tmp_path) 
     items = ["data.image_size=8", f"data.cache_dir={tmp_path}", "generator.latent_dim=8",
              "generator.max_channels=16", "generator.min_channels=8",
              "generator.iterations=3", "generator.batch_size=4"]
-    cmd = [sys.executable, "-m", "fl_shadow.cli", "pretrain-generator"]
+    cmd = [sys.executable, "-m", "fl_shadow.apps.cli", "pretrain-generator"]
     for item in items:
         cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -173,5 +173,6 @@ def test_cli_pretrains_into_the_cache_and_knows_who_needs_a_generator(tmp_path) 
     path = Path(proc.stdout.strip().split()[-1])
     assert path.exists() and path.is_relative_to(tmp_path)
     assert load_checkpoint(path).meta["spec"]["iterations"] == 3
-    assert needs_generator(load_config(None, ["defense.name=shadow"]))
-    assert not needs_generator(load_config(None, ["defense.name=dp"]))
+    assert resolve_components(load_config(None, ["defense.name=shadow"])).needs_generator
+    assert not resolve_components(load_config(None, ["defense.name=dp"])).needs_generator
+    assert resolve_components(load_config(None, ["attack.name=ggl"])).needs_generator

@@ -17,17 +17,19 @@ import pytest
 import torch
 from attack_cases import client_update
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.server.strategy import FedAvg
 
 from attacks import Prior, build_attack
-from clients.defended import DefendedClient, LocalData
+from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
 from fl_shadow.errors import ThreatModelError
 from fl_shadow.models import build_model
 from fl_shadow.report import RunRecorder
 from fl_shadow.training import LocalTraining
 from strategies.attack_hook import AttackHook
-from strategies.curious_fedavg import CuriousFedAvg
+from strategies.curious import CuriousServer, RoundClock, UpdateObserver
 from strategies.parallel_attacks import (
     APP_DIR,
     AttackJob,
@@ -108,21 +110,29 @@ def test_strategy_records_the_same_attack_rows_with_parallel_attacks(
         g = torch.Generator().manual_seed(cid)
         data = LocalData(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3,
                          np.arange(10 * cid, 10 * cid + n), (0.5,), (0.25,), 3)
-        client = DefendedClient(_config(1), cid, data, None, send_audit=True)
+        client = Federation(_config(1)).client_for(cid, data, context=None, send_audit=True)
         sent, num, metrics = client.fit(global_arrays, {keys.SERVER_ROUND: 1,
                                                         keys.NUM_ROUNDS: 1})
         replies.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sent), num,
                                      metrics)))
     rows = {}
+    state_keys = list(build().state_dict())
     for parallel in (1, 2):
         config = _config(parallel)
+        federation = Federation(config)
         prior = Prior(model_factory=build, image_shape=(1, 8, 8), num_classes=3,
                       mean=(0.5,), std=(0.25,))
-        hook = AttackHook(config, prior, list(build().state_dict()), label_lookup=None,
-                          device=CPU)
+        attack = federation.attack()
+        assert attack is not None
+        hook = AttackHook(attack, prior, selection=config.attack, num_rounds=1,
+                          plan_for=federation.plan_for, state_keys=state_keys,
+                          label_lookup=None, defense_knowledge=None, device=CPU)
+        assert hook.parallel == parallel
         run_dir = tmp_path / f"parallel{parallel}"
-        strategy = CuriousFedAvg(experiment_yaml="", num_rounds=1, attack_hook=hook,
-                                 recorder=RunRecorder(run_dir, "", 1))
+        recorder = RunRecorder(run_dir, "", 1)
+        strategy = CuriousServer(FedAvg(), clock=RoundClock(1), round_config=lambda r: {},
+                                 observer=UpdateObserver(recorder, state_keys, hook=hook),
+                                 recorder=recorder, min_fit_clients=2)
         strategy._sent = {1: ndarrays_to_parameters(global_arrays)}
         with caplog.at_level(logging.INFO, logger="strategies.parallel_attacks"):
             strategy.aggregate_fit(1, list(reversed(replies)), [])  # arrival order: any

@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fl_shadow.apps.experiment import load_experiment
+from fl_shadow.apps.federation import Federation
+from fl_shadow.apps.inprocess import run_in_process
 from fl_shadow.report import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +40,7 @@ def test_flwr_simulation_writes_a_complete_results_folder(tmp_path: Path, flower
     config.write_text(TINY)
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "fl_shadow.cli", "run", str(config), "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "fl_shadow.apps.cli", "run", str(config), "--run-dir", str(run_dir)],
         cwd=ROOT, env=flower_env, capture_output=True, text=True, timeout=600, check=False)
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, log
@@ -71,11 +74,24 @@ def test_flwr_simulation_writes_a_complete_results_folder(tmp_path: Path, flower
     assert "| 1 | 0 | 1 |" in summary  # the attacked update's privacy row
     assert summary.strip() in proc.stdout  # printed at the end
 
+    # The in-process driver over the same builder gives the same records, at the real run's
+    # server thread count (clients: one thread each, as Ray gives a 1-CPU client).
+    threads = status["server_torch_threads"]
+    replay = tmp_path / "replay"
+    run_in_process(Federation(*load_experiment(config)), replay, server_threads=threads)
+    timings = {"fit_seconds", "attack_seconds"}
+    for name in ("utility", "privacy", "fit"):
+        real = [{k: v for k, v in r.items() if k not in timings}
+                for r in read_jsonl(run_dir / f"{name}.jsonl")]
+        again = [{k: v for k, v in r.items() if k not in timings}
+                 for r in read_jsonl(replay / f"{name}.jsonl")]
+        assert real == again, name
+
 
 def test_cli_refuses_a_bad_config_before_starting_flower(tmp_path: Path, flower_env) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "bad.yaml"
     config.write_text(TINY.replace("rounds: 2, lr", "rounds: 0, lr"))
-    proc = subprocess.run([sys.executable, "-m", "fl_shadow.cli", "run", str(config)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "fl_shadow.apps.cli", "run", str(config)], cwd=ROOT,
                           env=flower_env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "fl-shadow: train.rounds: expected an integer >= 1, got 0"

@@ -12,8 +12,8 @@ Registered datasets:
 - ``medmnist``: a MedMNIST ``.npz`` (:mod:`fl_shadow.data.medmnist`).
 - ``imagefolder``: class-per-folder images (:mod:`fl_shadow.data.imagefolder`).
 
-A new dataset is a function ``load(cfg: DataConfig, *, seed: int) -> DatasetSplits`` added with
-``DATASETS.register("name")(load)``.
+A new dataset is a module with a function ``load(cfg: DataConfig, *, seed: int) ->
+DatasetSplits`` and one line here: ``DATASETS.add(DatasetSpec("name", load, path=...))``.
 
 Example:
     >>> from fl_shadow.config import DataConfig, PartitionConfig
@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from fl_shadow.config import DataConfig
+from fl_shadow.errors import ConfigError
 from fl_shadow.data import imagefolder, medmnist, mni152
 from fl_shadow.data.base import DatasetSplits, ImageSet, denormalize, normalize
 from fl_shadow.data.cache import cache_root
@@ -35,17 +38,63 @@ from fl_shadow.data.partition import (client_dataset, dirichlet_partition, iid_p
                                       partition_indices, sizes_partition)
 from fl_shadow.registry import Registry
 
-__all__ = ["DATASETS", "DatasetLoader", "DatasetSplits", "ImageSet", "cache_dir",
+__all__ = ["DATASETS", "DatasetLoader", "DatasetSpec", "DatasetSplits", "ImageSet", "cache_dir",
            "client_dataset", "denormalize", "dirichlet_partition", "iid_partition",
            "load_dataset", "normalize", "partition_indices", "sizes_partition"]
 
 DatasetLoader = Callable[..., DatasetSplits]
 """``loader(cfg: DataConfig, *, seed: int) -> DatasetSplits``."""
 
-DATASETS: Registry[DatasetLoader] = Registry("dataset", config_key="data.dataset")
-DATASETS.register("mni152")(mni152.load)
-DATASETS.register("medmnist")(medmnist.load)
-DATASETS.register("imagefolder")(imagefolder.load)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset.
+
+    Attributes:
+        name: the ``data.dataset`` that selects it.
+        loader: ``loader(cfg, *, seed) -> DatasetSplits``.
+        path: what ``data.path`` must be: ``none`` (the dataset reads no path), ``file`` or
+            ``folder``.
+        path_required: ``data.path`` must be set (a ``file`` dataset may download instead).
+        suffixes: accepted file suffixes of a ``file`` path.
+    """
+
+    name: str
+    loader: DatasetLoader
+    path: Literal["none", "file", "folder"] = "none"
+    path_required: bool = False
+    suffixes: tuple[str, ...] = ()
+
+    def check_path(self, path: str | None) -> None:
+        """Refuse a ``data.path`` of the wrong kind, before anything loads (at load)."""
+        if path is None:
+            if self.path_required:
+                raise ConfigError(f"data.path: the {self.name} dataset needs a {self.path} "
+                                  "(data.path is not set)")
+            return
+        if self.path == "none":
+            raise ConfigError(f"data.path: the {self.name} dataset reads no path; remove it "
+                              f"(got {path!r})")
+        where = Path(path).expanduser()
+        if not where.exists():
+            raise ConfigError(f"data.path: {where} does not exist")
+        if self.path == "folder" and not where.is_dir():
+            raise ConfigError(f"data.path: {where} is a file; the {self.name} dataset needs a "
+                              "folder")
+        if self.path == "file":
+            if not where.is_file():
+                raise ConfigError(f"data.path: {where} is a folder; the {self.name} dataset "
+                                  f"needs a {'/'.join(self.suffixes) or ''} file")
+            if self.suffixes and where.suffix.lower() not in self.suffixes:
+                raise ConfigError(f"data.path: {where} is not a {'/'.join(self.suffixes)} file "
+                                  f"(the {self.name} dataset)")
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", config_key="data.dataset")
+DATASETS.add(DatasetSpec("mni152", mni152.load))
+DATASETS.add(DatasetSpec("medmnist", medmnist.load, path="file", suffixes=(".npz",)))
+DATASETS.add(DatasetSpec("imagefolder", imagefolder.load, path="folder", path_required=True))
 
 
 def load_dataset(cfg: DataConfig, *, seed: int) -> DatasetSplits:
@@ -67,7 +116,6 @@ def load_dataset(cfg: DataConfig, *, seed: int) -> DatasetSplits:
         ConfigError: unknown dataset name or invalid data settings.
         DataError: a missing, unreadable or malformed data file, naming it.
     """
-    cfg.validate("data")
     return _load_cached(cfg, seed)
 
 
@@ -78,4 +126,4 @@ def cache_dir(cfg: DataConfig | None = None) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(cfg: DataConfig, seed: int) -> DatasetSplits:
-    return DATASETS.get(cfg.dataset)(cfg, seed=seed)
+    return DATASETS.get(cfg.dataset).loader(cfg, seed=seed)

@@ -1,4 +1,10 @@
-"""Client-side defenses, one module each, registered by name in :data:`DEFENSES`."""
+"""Client-side defenses, one module each, declared in :data:`DEFENSES`.
+
+Adding a defense: one module here with a :class:`Defense` subclass, its params dataclass
+(:func:`fl_shadow.config.settings`) and ``@register_defense("name", Params, ...)`` on the
+class (its facts: needs, state, private model, the adaptive attacker's model), plus its import
+line below.
+"""
 
 from fl_shadow.defenses import none  # noqa: F401  (registers)
 from fl_shadow.defenses import sparsification  # noqa: F401  (registers)
@@ -14,8 +20,14 @@ from fl_shadow.defenses.base import (
     DEFENSES,
     Defense,
     DefenseContext,
+    DefenseModel,
+    DefenseSpec,
+    Undefended,
     build_defense,
+    clip_differentiably,
+    describe_defense,
     register_defense,
 )
 
-__all__ = ["DEFENSES", "Defense", "DefenseContext", "build_defense", "register_defense"]
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseModel", "DefenseSpec", "Undefended",
+           "build_defense", "clip_differentiably", "describe_defense", "register_defense"]

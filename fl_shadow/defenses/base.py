@@ -14,18 +14,28 @@ Every hook defaults to "do nothing", so a defense implements only what it needs.
 must survive between rounds on a client (generator weights, latent codes, noise momentum, keys)
 goes through :meth:`state_dict`/:meth:`load_state_dict`; the client stores it in Flower's
 per-node ``context.state``.
+
+Each defense is declared once, by :func:`register_defense`, as a :class:`DefenseSpec`: its class,
+its params dataclass, what it needs (the public-data generator), what it keeps (client state,
+a private model), the rules it has with the rest of the experiment (checked at load), and the
+*attacker's model* of it: the :class:`DefenseModel` an adaptive attacker builds from the
+defense's public parameters (:mod:`attacks.adaptive` applies it inside its replay). The model
+lives in the defense's own module, next to what it models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from fl_shadow.registry import ComponentSpec, Registry, register_component, resolve_component
+from fl_shadow.config import ExperimentConfig, parse_settings
+from fl_shadow.registry import Registry
+from fl_shadow.threat_model import DefenseKnowledge
 
 if TYPE_CHECKING:
     from fl_shadow.generative import ImageGenerator
@@ -44,9 +54,11 @@ class DefenseContext:
         step: local step index within the round (set by the training loop).
         batch_index: local indices (into the images given to ``setup``) of the current step's
             batch (set by the training loop), for defenses that keep per-image state.
-        experiment: the whole experiment config, for defenses that need shared resources
-            (e.g. the shadow defense's pretrained generator); None in unit tests.
+        public_generator: returns the experiment's generator pretrained on public data (a
+            cached checkpoint), for generative defenses; None when the defense has no need
+            (:attr:`DefenseSpec.needs_generator`) or in unit tests.
         mean, std: the input normalization (inputs to the hooks are normalized).
+        metrics: scalars the defense reports for the round (``defense-*`` in ``fit.jsonl``).
     """
 
     server_round: int
@@ -56,7 +68,7 @@ class DefenseContext:
     generator: torch.Generator
     step: int = 0
     batch_index: torch.Tensor | None = None
-    experiment: Any = None
+    public_generator: Callable[[], ImageGenerator] | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -66,10 +78,6 @@ class Defense:
     """Base class: every hook is the identity. Subclasses override what they change."""
 
     name: ClassVar[str] = "none"
-    #: True when the global model alone is not what the clients use (FedKL's private lock):
-    #: the server then asks the clients to evaluate the global model through
-    #: :meth:`wrap_model` with their private state (Flower's federated evaluation).
-    private_model: ClassVar[bool] = False
 
     def setup(self, images: torch.Tensor, labels: torch.Tensor, model: nn.Module,
               ctx: DefenseContext) -> None:
@@ -111,23 +119,145 @@ class Defense:
 
 def load_pretrained_generator(ctx: DefenseContext) -> ImageGenerator:
     """The experiment's public-data generator (cached checkpoint), for generative defenses."""
-    from fl_shadow.generative import pretrained_generator
-
-    if ctx.experiment is None:
-        raise RuntimeError("this defense needs the experiment config (ctx.experiment) to find "
-                           "its pretrained generator")
-    return pretrained_generator(ctx.experiment, device=ctx.device).generator
-
-
-DEFENSES: Registry[ComponentSpec[Defense]] = Registry("defense", config_key="defense.name")
+    if ctx.public_generator is None:
+        raise RuntimeError(f"defense on client {ctx.client_id}: needs the public-data generator "
+                           "but the client was built without one (DefenseContext."
+                           "public_generator)")
+    return ctx.public_generator()
 
 
-def register_defense(name: str, params_type: type) -> Callable[[type], type]:
-    """Class decorator; the class is constructed as ``cls(params)``."""
-    return register_component(DEFENSES, name, params_type)
+# ---------------------------------------------------------------------------------------------
+# The adaptive attacker's model of a defense
+# ---------------------------------------------------------------------------------------------
+class DefenseModel:
+    """What an adaptive attacker simulates of a defense; the base class models nothing.
+
+    The attacker's differentiable replay of local training (:class:`attacks.replay.
+    UpdateReplay`) calls the three hooks where the client calls the defense's: on each step's
+    batch, on each step's gradient and on the final update. They must be differentiable in
+    their inputs (the attack differentiates through them).
+
+    Attributes:
+        modelled: False when the defense is not modelled (the attack runs as if undefended).
+    """
+
+    modelled: ClassVar[bool] = False
+
+    def perturb_input(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The batch the client trains on at local ``step`` (0-based), from the clean one."""
+        return x
+
+    def protect_gradient(self, grads: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        """The gradient the client's optimizer applies at local ``step``."""
+        return grads
+
+    def protect_update(self, update: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The update that leaves the client."""
+        return update
+
+
+class Undefended(DefenseModel):
+    """The model of a defense that changes nothing (``none``)."""
+
+    modelled = True
+
+
+def clip_differentiably(tensors: Sequence[torch.Tensor], bound: float, *,
+                        eps: float) -> list[torch.Tensor]:
+    """Scale ``tensors`` by ``min(1, bound / (||tensors|| + eps))``, differentiably (for
+    attacker models; the defenses themselves clip with detached norms)."""
+    norm = torch.sqrt(sum((t.pow(2).sum() for t in tensors), tensors[0].new_zeros(())))
+    factor = torch.clamp(bound / (norm + eps), max=1.0)
+    return [t * factor for t in tensors]
+
+
+AttackerModelBuilder = Callable[[Any, DefenseKnowledge, list[torch.Tensor], int], DefenseModel]
+"""``builder(params, knowledge, received, seed) -> DefenseModel``: ``params`` the defense's
+validated params (from ``knowledge.params``), ``received`` the observed update (one tensor per
+trainable parameter), ``seed`` for the model's own random draws (EOT)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+def _no_check(params: Any, config: ExperimentConfig) -> None:
+    """Nothing to check between the params and the rest of the experiment."""
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A registered defense: everything the project knows about it without building it.
+
+    Attributes:
+        name: the ``defense.name`` that selects it.
+        factory: ``factory(params) -> Defense`` (the class).
+        params_type: the :func:`~fl_shadow.config.settings` dataclass of ``defense.params``.
+        needs_generator: uses the public-data generator (pretrained before the run starts).
+        keeps_client_state: keeps state on the client between rounds (Flower's node state),
+            which a resumed federation starts empty.
+        private_model: the global model alone is not what the clients use (FedKL's private
+            lock): the server asks the clients to evaluate it through :meth:`Defense.
+            wrap_model` with their private state (Flower's federated evaluation).
+        attacker_model: how an adaptive attacker models it from its public parameters; None
+            when its output depends on private draws, keys or learned state (the attack then
+            runs as if undefended and says so).
+        check: ``check(params, config)`` rules between the params and the experiment, at load
+            (raise :class:`~fl_shadow.errors.ConfigError` naming the key, or warn).
+    """
+
+    name: str
+    factory: Callable[[Any], Defense]
+    params_type: type
+    needs_generator: bool = False
+    keeps_client_state: bool = False
+    private_model: bool = False
+    attacker_model: AttackerModelBuilder | None = None
+    check: Callable[[Any, ExperimentConfig], None] = _no_check
+
+    def parse_params(self, raw: Mapping[str, Any] | None) -> Any:
+        """Validate ``defense.params`` into :attr:`params_type` (errors name the key)."""
+        return parse_settings(self.params_type, raw, "defense.params")
+
+    def build(self, params: Any) -> Defense:
+        """The defense for validated ``params`` (:meth:`parse_params`)."""
+        return self.factory(params)
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense", config_key="defense.name")
+
+
+def register_defense(name: str, params_type: type, *, needs_generator: bool = False,
+                     keeps_client_state: bool = False, private_model: bool = False,
+                     attacker_model: AttackerModelBuilder | None = None,
+                     check: Callable[[Any, ExperimentConfig], None] = _no_check
+                     ) -> Callable[[type], type]:
+    """Class decorator declaring a defense (see :class:`DefenseSpec` for the arguments).
+
+    The class is constructed as ``cls(params)`` and knows its name as ``cls.name``.
+    """
+
+    def decorator(cls: type) -> type:
+        cls.name = name  # type: ignore[attr-defined]
+        DEFENSES.add(DefenseSpec(name=name, factory=cls, params_type=params_type,
+                                 needs_generator=needs_generator,
+                                 keeps_client_state=keeps_client_state,
+                                 private_model=private_model, attacker_model=attacker_model,
+                                 check=check))
+        return cls
+
+    return decorator
 
 
 def build_defense(name: str, params: Mapping[str, Any] | None) -> Defense:
     """Validate ``params`` with the defense's params dataclass and construct the defense."""
-    spec, validated = resolve_component(DEFENSES, name, params, "defense.params")
-    return spec.factory(validated)
+    spec = DEFENSES.get(name)
+    return spec.build(spec.parse_params(params))
+
+
+def describe_defense(name: str, params: Mapping[str, Any] | None, *, server_round: int,
+                     num_rounds: int) -> DefenseKnowledge:
+    """The public description of a configured defense, defaults filled in by its params
+    dataclass (validated exactly as the clients validate it)."""
+    validated = DEFENSES.get(name).parse_params(params)
+    return DefenseKnowledge(name=name, params=dataclasses.asdict(validated),
+                            server_round=server_round, num_rounds=num_rounds)

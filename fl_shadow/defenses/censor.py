@@ -49,14 +49,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from fl_shadow.config import Float, Int, settings
 from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
-from fl_shadow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def max_abs_cosine(o: torch.Tensor, directions: list[torch.Tensor]) -> float:
     return worst
 
 
-@dataclass(frozen=True)
+@settings
 class CensorParams:
     """Parameters of ``censor`` (released-code defaults).
 
@@ -127,28 +128,14 @@ class CensorParams:
             (extension; 0 = released behaviour), >= 0.
     """
 
-    num_trials: int = 20
-    probe_lr: float = 1e-4
-    epsilon: float = 1e-4
-    rounds: tuple[int, ...] | None = tuple(range(1, 11))
-    history_size: int = 0
-
-    def validate(self, key: str) -> None:
-        checks = [
-            (self.num_trials >= 1, "num_trials", "an integer >= 1", self.num_trials),
-            (self.probe_lr > 0, "probe_lr", "a number > 0", self.probe_lr),
-            (0 < self.epsilon < 1, "epsilon", "a number in (0, 1)", self.epsilon),
-            (self.rounds is None or all(r >= 1 for r in self.rounds), "rounds",
-             "round numbers >= 1 or null (every round)",
-             None if self.rounds is None else list(self.rounds)),
-            (self.history_size >= 0, "history_size", "an integer >= 0", self.history_size),
-        ]
-        for ok, name, expected, got in checks:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: expected {expected}, got {got!r}")
+    num_trials: Annotated[Int, Field(ge=1, le=100_000)] = 20
+    probe_lr: Annotated[Float, Field(gt=0)] = 1e-4
+    epsilon: Annotated[Float, Field(gt=0, lt=1)] = 1e-4
+    rounds: tuple[Annotated[Int, Field(ge=1)], ...] | None = tuple(range(1, 11))
+    history_size: Annotated[Int, Field(ge=0, le=100_000)] = 0
 
 
-@register_defense("censor", CensorParams)
+@register_defense("censor", CensorParams, keeps_client_state=True)
 class Censor(Defense):
     """Replace each step's gradient by the lowest-loss of ``num_trials`` orthogonal samples."""
 

@@ -25,13 +25,22 @@ that are still part of an autograd graph; here new tensors are returned.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
-from fl_shadow.errors import ConfigError
+from fl_shadow.config import Float, settings
+
+from fl_shadow.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseModel,
+    clip_differentiably,
+    register_defense,
+)
+from fl_shadow.threat_model import DefenseKnowledge
 
 CLIP_EPS = 1e-6
 
@@ -51,7 +60,7 @@ def clip_by_global_norm(tensors: list[torch.Tensor], *, max_norm: float) -> list
     return [t * scale for t in tensors]
 
 
-@dataclass(frozen=True)
+@settings
 class ClippingParams:
     """Parameters of ``clipping``.
 
@@ -59,14 +68,27 @@ class ClippingParams:
         max_norm: bound on each step's global gradient L2 norm (GGL/CENSOR default 4).
     """
 
-    max_norm: float = 4.0
-
-    def validate(self, key: str) -> None:
-        if not self.max_norm > 0:
-            raise ConfigError(f"{key}.max_norm: expected a number > 0, got {self.max_norm!r}")
+    max_norm: Annotated[Float, Field(gt=0)] = 4.0
 
 
-@register_defense("clipping", ClippingParams)
+class ClippingModel(DefenseModel):
+    """The adaptive attacker's model: each step's gradient clipped to ``max_norm`` (exact)."""
+
+    modelled = True
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def protect_gradient(self, grads: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        return clip_differentiably(grads, self.max_norm, eps=CLIP_EPS)
+
+
+def attacker_model(params: ClippingParams, knowledge: DefenseKnowledge,
+                   received: list[torch.Tensor], seed: int) -> ClippingModel:
+    return ClippingModel(params.max_norm)
+
+
+@register_defense("clipping", ClippingParams, attacker_model=attacker_model)
 class GradientClipping(Defense):
     """Clip every local step's gradient to a global L2 norm of ``max_norm``."""
 

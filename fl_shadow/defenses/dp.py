@@ -45,14 +45,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
-from fl_shadow.errors import ConfigError
+from fl_shadow.config import ExperimentConfig, Float, settings
+from fl_shadow.defenses.base import (
+    Defense,
+    DefenseContext,
+    DefenseModel,
+    clip_differentiably,
+    register_defense,
+)
+from fl_shadow.threat_model import DefenseKnowledge
 
 
 def rdp_epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int,
@@ -77,7 +84,7 @@ def rdp_epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int,
     return float(accountant.get_epsilon(delta=delta))
 
 
-@dataclass(frozen=True)
+@settings
 class DPParams:
     """Parameters of ``dp``.
 
@@ -89,29 +96,55 @@ class DPParams:
         bn_buffers: ``withhold`` or ``noise`` (see the module docstring).
     """
 
-    clip_norm: float = 1.0
-    noise_multiplier: float = 1.0
-    delta: float = 1e-5
-    sample_rate: float = 1.0
+    clip_norm: Annotated[Float, Field(gt=0)] = 1.0
+    noise_multiplier: Annotated[Float, Field(ge=0)] = 1.0
+    delta: Annotated[Float, Field(gt=0, lt=1)] = 1e-5
+    sample_rate: Annotated[Float, Field(gt=0, le=1)] = 1.0
     bn_buffers: Literal["withhold", "noise"] = "withhold"
 
-    def validate(self, key: str) -> None:
-        checks = [
-            (self.clip_norm > 0, "clip_norm", "a number > 0", self.clip_norm),
-            (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier),
-             "noise_multiplier", "a finite number >= 0", self.noise_multiplier),
-            (0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta),
-            (0 < self.sample_rate <= 1, "sample_rate", "a number in (0, 1]", self.sample_rate),
-        ]
-        for ok, name, expected, got in checks:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: expected {expected}, got {got!r}")
-        if self.noise_multiplier == 0:
-            warnings.warn(f"{key}.noise_multiplier is 0: updates are clipped but not noised, "
-                          "epsilon is infinite", stacklevel=2)
+
+def check_sampling(params: DPParams, config: ExperimentConfig) -> None:
+    """At load, once: weak settings that are legal. Epsilon is accounted with
+    ``sample_rate`` while the clients take part at ``strategy.fraction_fit`` (a smaller
+    ``sample_rate`` reports too small an epsilon); ``noise_multiplier`` 0 only clips."""
+    if params.noise_multiplier == 0:
+        warnings.warn("defense.params.noise_multiplier is 0: updates are clipped but not "
+                      "noised, epsilon is infinite", stacklevel=2)
+    fraction = config.strategy.fraction_fit
+    if params.sample_rate < fraction:
+        warnings.warn(f"defense.params.sample_rate ({params.sample_rate:g}) is below "
+                      f"strategy.fraction_fit ({fraction:g}): the reported epsilon is too "
+                      "small", stacklevel=2)
 
 
-@register_defense("dp", DPParams)
+class UpdateClippingModel(DefenseModel):
+    """The adaptive attacker's model: update-level clipping (DP's first step); the
+    zero-mean noise is left out.
+
+    The client clips every *released* tensor together, BatchNorm buffers included when it
+    sends them, so the parameters' share of the bound is not ``clip_norm`` itself. GGL's
+    estimate removes the question: the bound is the received parameters' norm (at most
+    ``clip_norm``); at the true images the clipped replay then equals the received update
+    whether or not the client's update was clipped.
+    """
+
+    modelled = True
+
+    def __init__(self, clip_norm: float, received: list[torch.Tensor]) -> None:
+        received_norm = (math.sqrt(sum(float(r.double().pow(2).sum()) for r in received))
+                         if received else clip_norm)
+        self.clip_norm = min(clip_norm, received_norm)
+
+    def protect_update(self, update: list[torch.Tensor]) -> list[torch.Tensor]:
+        return clip_differentiably(update, self.clip_norm, eps=0.0)
+
+
+def attacker_model(params: DPParams, knowledge: DefenseKnowledge, received: list[torch.Tensor],
+                   seed: int) -> UpdateClippingModel:
+    return UpdateClippingModel(params.clip_norm, received)
+
+
+@register_defense("dp", DPParams, attacker_model=attacker_model, check=check_sampling)
 class DifferentialPrivacy(Defense):
     """Clip the round's update to ``clip_norm``, add ``N(0, (noise_multiplier*clip_norm)^2)``."""
 
@@ -144,16 +177,7 @@ class DifferentialPrivacy(Defense):
         ctx.metrics["epsilon"] = rdp_epsilon(noise_multiplier=p.noise_multiplier,
                                              sample_rate=p.sample_rate,
                                              rounds=ctx.server_round, delta=p.delta)
-        self._check_sample_rate(ctx)
         return out
-
-    def _check_sample_rate(self, ctx: DefenseContext) -> None:
-        strategy = getattr(ctx.experiment, "strategy", None)
-        fraction = getattr(strategy, "fraction_fit", None)
-        if fraction is not None and self.params.sample_rate < fraction:
-            warnings.warn(f"defense.params.sample_rate ({self.params.sample_rate:g}) is below "
-                          f"strategy.fraction_fit ({fraction:g}): the reported epsilon is too "
-                          "small", stacklevel=2)
 
     def summary(self) -> str:
         p = self.params

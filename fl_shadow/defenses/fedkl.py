@@ -50,18 +50,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from fl_shadow.config import ExperimentConfig, Float, Int, settings
 
 from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
 from fl_shadow.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@settings
 class KeyLockParams:
     """Parameters of ``fedkl``.
 
@@ -73,17 +75,9 @@ class KeyLockParams:
             the lock at its random initialisation.
     """
 
-    key_length: int = 1024
+    key_length: Annotated[Int, Field(ge=1, le=1_000_000)] = 1024
     activation: Literal["relu", "sigmoid"] = "relu"
-    lock_lr_scale: float = 0.1
-
-    def validate(self, key: str) -> None:
-        if self.key_length < 1:
-            raise ConfigError(f"{key}.key_length: expected an integer >= 1, got "
-                              f"{self.key_length!r}")
-        if not self.lock_lr_scale >= 0:
-            raise ConfigError(f"{key}.lock_lr_scale: expected a number >= 0, got "
-                              f"{self.lock_lr_scale!r}")
+    lock_lr_scale: Annotated[Float, Field(ge=0)] = 0.1
 
 
 class LockedBatchNorm(nn.BatchNorm2d):
@@ -154,11 +148,18 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-@register_defense("fedkl", KeyLockParams)
+def check_batch_norm(params: KeyLockParams, config: ExperimentConfig) -> None:
+    """At load: the lock replaces the first BatchNorm layer, so the model needs one."""
+    if config.model.norm != "batch":
+        raise ConfigError("defense.name: fedkl locks the first BatchNorm layer; set "
+                          f"model.norm: batch (got {config.model.norm!r})")
+
+
+@register_defense("fedkl", KeyLockParams, keeps_client_state=True, private_model=True,
+                  check=check_batch_norm)
 class KeyLock(Defense):
     """Train through a private key-lock on the first BN layer; never send the lock."""
 
-    private_model: ClassVar[bool] = True
     _LOCK_KEYS = ("key", "lock_scale.weight", "lock_scale.bias", "lock_shift.weight",
                   "lock_shift.bias")
 

@@ -35,11 +35,14 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from fl_shadow.config import Float, Int, settings
 
 from fl_shadow.defenses.base import (
     Defense,
@@ -47,13 +50,12 @@ from fl_shadow.defenses.base import (
     load_pretrained_generator,
     register_defense,
 )
-from fl_shadow.errors import ConfigError
 from fl_shadow.generative import ImageGenerator, fit_latents, to_unit
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class LatentMinimaxParams:
     """Parameters of ``latent_minimax``.
 
@@ -70,32 +72,16 @@ class LatentMinimaxParams:
         z_iter, z_lr, z_patience: latent fit (the encoder) settings.
     """
 
-    radius: float = 1.0
-    task_weight: float = 1.0
-    steps: int = 50
-    minimax_final_round: int = 3
-    attacker_lr: float = 1e-3
-    perturbation_lr: float = 0.1
-    attacker_width: int = 32
-    z_iter: int = 500
-    z_lr: float = 0.05
-    z_patience: int = 5
-
-    def validate(self, key: str) -> None:
-        checks = [("radius", self.radius >= 0, "a number >= 0"),
-                  ("task_weight", self.task_weight >= 0, "a number >= 0"),
-                  ("steps", self.steps >= 0, "an integer >= 0"),
-                  ("minimax_final_round", self.minimax_final_round >= 0, "an integer >= 0"),
-                  ("attacker_lr", self.attacker_lr > 0, "a number > 0"),
-                  ("perturbation_lr", self.perturbation_lr > 0, "a number > 0"),
-                  ("attacker_width", self.attacker_width >= 1, "an integer >= 1"),
-                  ("z_iter", self.z_iter >= 1, "an integer >= 1"),
-                  ("z_lr", self.z_lr > 0, "a number > 0"),
-                  ("z_patience", self.z_patience >= 1, "an integer >= 1")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: expected {expected}, got "
-                                  f"{getattr(self, name)!r}")
+    radius: Annotated[Float, Field(ge=0)] = 1.0
+    task_weight: Annotated[Float, Field(ge=0)] = 1.0
+    steps: Annotated[Int, Field(ge=0, le=1_000_000)] = 50
+    minimax_final_round: Annotated[Int, Field(ge=0)] = 3
+    attacker_lr: Annotated[Float, Field(gt=0)] = 1e-3
+    perturbation_lr: Annotated[Float, Field(gt=0)] = 0.1
+    attacker_width: Annotated[Int, Field(ge=1, le=4096)] = 32
+    z_iter: Annotated[Int, Field(ge=1, le=1_000_000)] = 500
+    z_lr: Annotated[Float, Field(gt=0)] = 0.05
+    z_patience: Annotated[Int, Field(ge=1)] = 5
 
 
 def surrogate_attacker(channels: int, width: int) -> nn.Module:
@@ -112,7 +98,8 @@ def project_to_ball(offsets: torch.Tensor, radius: float) -> torch.Tensor:
     return offsets * (radius / norms).clamp(max=1.0)
 
 
-@register_defense("latent_minimax", LatentMinimaxParams)
+@register_defense("latent_minimax", LatentMinimaxParams, needs_generator=True,
+                  keeps_client_state=True)
 class LatentMinimax(Defense):
     """Train on images perturbed in latent space by a minimax-learned offset (module docstring).
 
@@ -121,8 +108,6 @@ class LatentMinimax(Defense):
         load_generator: returns the pretrained generator (default: the experiment's cached
             checkpoint); tests pass a small one.
     """
-
-    uses_generator = True
 
     def __init__(self, params: LatentMinimaxParams,
                  load_generator: Callable[[DefenseContext], ImageGenerator] = (

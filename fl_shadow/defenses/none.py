@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from fl_shadow.config import settings
+from fl_shadow.defenses.base import Defense, Undefended, register_defense
 
-from fl_shadow.defenses.base import Defense, register_defense
 
-
-@dataclass(frozen=True)
+@settings
 class NoDefenseParams:
     """The ``none`` defense takes no parameters."""
 
 
-@register_defense("none", NoDefenseParams)
+@register_defense("none", NoDefenseParams,
+                  attacker_model=lambda params, knowledge, received, seed: Undefended())
 class NoDefense(Defense):
     """Identity on every hook."""
 

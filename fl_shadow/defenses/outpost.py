@@ -40,14 +40,16 @@ Readings chosen / differences from the public code:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
+from fl_shadow.config import Float, settings
+from fl_shadow.defenses.base import Defense, DefenseContext, DefenseModel, register_defense
 from fl_shadow.defenses.sparsification import percentile, prune_by_magnitude
-from fl_shadow.errors import ConfigError
+from fl_shadow.threat_model import DefenseKnowledge
 
 
 def perturbation_probability(step: int, *, beta: float) -> float:
@@ -71,7 +73,7 @@ def fisher_masks(grads: list[torch.Tensor], *, phi: float) -> list[torch.Tensor]
     return [(f >= tau).to(g.dtype) for f, g in zip(fisher, grads, strict=True)]
 
 
-@dataclass(frozen=True)
+@settings
 class OutpostParams:
     """Parameters of ``outpost`` (plato defaults).
 
@@ -82,25 +84,39 @@ class OutpostParams:
         noise_base: noise std multiplier on the layer risk ``min(Var(W), 1)``, >= 0.
     """
 
-    beta: float = 0.125
-    phi: float = 40.0
-    prune_base: float = 80.0
-    noise_base: float = 0.8
-
-    def validate(self, key: str) -> None:
-        checks = [
-            (self.beta >= 0, "beta", "a number >= 0", self.beta),
-            (0 <= self.phi <= 100, "phi", "a number in [0, 100]", self.phi),
-            (0 <= self.prune_base <= 100, "prune_base", "a number in [0, 100]",
-             self.prune_base),
-            (self.noise_base >= 0, "noise_base", "a number >= 0", self.noise_base),
-        ]
-        for ok, name, expected, got in checks:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: expected {expected}, got {got!r}")
+    beta: Annotated[Float, Field(ge=0)] = 0.125
+    phi: Annotated[Float, Field(ge=0, le=100)] = 40.0
+    prune_base: Annotated[Float, Field(ge=0, le=100)] = 80.0
+    noise_base: Annotated[Float, Field(ge=0)] = 0.8
 
 
-@register_defense("outpost", OutpostParams)
+class OutpostModel(DefenseModel):
+    """The adaptive attacker's model: each step's gradient replaced by its expectation under
+    OUTPOST's coin, ``p_t prune(g) + (1 - p_t) g`` with ``p_t = 1 / (1 + beta t)``; the noise
+    has mean 0. The pruning mask is taken from the (detached) candidate gradient."""
+
+    modelled = True
+
+    def __init__(self, beta: float, prune_base: float) -> None:
+        self.beta, self.prune_base = beta, prune_base
+
+    def protect_gradient(self, grads: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        p = perturbation_probability(step, beta=self.beta)
+        out = []
+        for g in grads:
+            magnitude = g.detach().abs().flatten()
+            threshold = torch.quantile(magnitude.double(), self.prune_base / 100).to(g.dtype)
+            kept = g * (g.detach().abs() >= threshold).to(g.dtype)
+            out.append(p * kept + (1 - p) * g)
+        return out
+
+
+def attacker_model(params: OutpostParams, knowledge: DefenseKnowledge,
+                   received: list[torch.Tensor], seed: int) -> OutpostModel:
+    return OutpostModel(params.beta, params.prune_base)
+
+
+@register_defense("outpost", OutpostParams, attacker_model=attacker_model)
 class Outpost(Defense):
     """Prune and Fisher-masked noise on each step's gradient, with decaying probability."""
 

@@ -43,14 +43,15 @@ passes (``D`` = 8192 for the default ConvNet at 32 px, 512 for ResNet-18). The r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from fl_shadow.config import Float, settings
 from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
-from fl_shadow.defenses.sparsification import percentile
-from fl_shadow.errors import ConfigError
+from fl_shadow.defenses.sparsification import percentile, zero_pattern_model
 
 # Entries of input-gradient cotangents per batched backward pass (memory bound, not a knob).
 _CHUNK_ENTRIES = 1 << 21
@@ -135,7 +136,7 @@ def fc_weight_index(model: nn.Module) -> int:
     raise ValueError("model.fc.weight is not a trainable parameter of the model")
 
 
-@dataclass(frozen=True)
+@settings
 class SoteriaParams:
     """Parameters of ``soteria``.
 
@@ -145,18 +146,11 @@ class SoteriaParams:
         eps: added to ``|r|`` in the score's denominator, >= 0 (official GS script 0.1).
     """
 
-    pruning_rate: float = 60.0
-    eps: float = 0.1
-
-    def validate(self, key: str) -> None:
-        if not 0.0 <= self.pruning_rate <= 100.0:
-            raise ConfigError(f"{key}.pruning_rate: expected a number in [0, 100], "
-                              f"got {self.pruning_rate!r}")
-        if not self.eps >= 0.0:
-            raise ConfigError(f"{key}.eps: expected a number >= 0, got {self.eps!r}")
+    pruning_rate: Annotated[Float, Field(ge=0, le=100)] = 60.0
+    eps: Annotated[Float, Field(ge=0)] = 0.1
 
 
-@register_defense("soteria", SoteriaParams)
+@register_defense("soteria", SoteriaParams, attacker_model=zero_pattern_model)
 class Soteria(Defense):
     """Zero the ``fc.weight`` gradient columns of the most revealing representation features."""
 

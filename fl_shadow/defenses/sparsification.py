@@ -30,13 +30,15 @@ device and autograd graph; here the threshold is computed in torch on the tensor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
-from fl_shadow.errors import ConfigError
+from fl_shadow.config import Float, settings
+from fl_shadow.defenses.base import Defense, DefenseContext, DefenseModel, register_defense
+from fl_shadow.threat_model import DefenseKnowledge
 
 
 def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -71,7 +73,7 @@ def prune_by_magnitude(tensor: torch.Tensor, prune_percent: float) -> torch.Tens
     return torch.where(tensor.abs() < threshold, torch.zeros_like(tensor), tensor)
 
 
-@dataclass(frozen=True)
+@settings
 class SparsificationParams:
     """Parameters of ``sparsification``.
 
@@ -80,15 +82,30 @@ class SparsificationParams:
             (GGL/CENSOR default 20; Soteria's and DLG's experiments use 10-90).
     """
 
-    prune_percent: float = 20.0
-
-    def validate(self, key: str) -> None:
-        if not 0.0 <= self.prune_percent <= 100.0:
-            raise ConfigError(f"{key}.prune_percent: expected a number in [0, 100], "
-                              f"got {self.prune_percent!r}")
+    prune_percent: Annotated[Float, Field(ge=0, le=100)] = 20.0
 
 
-@register_defense("sparsification", SparsificationParams)
+class ZeroPatternModel(DefenseModel):
+    """The adaptive attacker's model of a pruning defense: the entries the client zeroed
+    (exact zeros of the received update) are zeroed in the simulated update too (GGL's
+    adaptive mode; the pattern itself is visible on the wire)."""
+
+    modelled = True
+
+    def __init__(self, received: list[torch.Tensor]) -> None:
+        self.masks = [(r != 0).to(r.dtype) for r in received]
+
+    def protect_update(self, update: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [u * m for u, m in zip(update, self.masks, strict=True)]
+
+
+def zero_pattern_model(params: object, knowledge: DefenseKnowledge,
+                       received: list[torch.Tensor], seed: int) -> ZeroPatternModel:
+    """The attacker model of ``sparsification`` and ``soteria``."""
+    return ZeroPatternModel(received)
+
+
+@register_defense("sparsification", SparsificationParams, attacker_model=zero_pattern_model)
 class Sparsification(Defense):
     """Keep the largest-magnitude entries of each trainable tensor's update, zero the rest."""
 

@@ -33,7 +33,7 @@ from fl_shadow.config import ExperimentConfig, GeneratorConfig
 from fl_shadow.generative.networks import Discriminator, ImageGenerator
 from fl_shadow.progress import Progress
 
-__all__ = ["GeneratorCheckpoint", "checkpoint_path", "load_checkpoint", "pretrained_generator",
+__all__ = ["GeneratorCheckpoint", "checkpoint_path", "load_checkpoint", "train_and_save",
            "train_generator"]
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def checkpoint_path(cache: Path, dataset: str, spec: GeneratorConfig,
 
 
 def load_checkpoint(path: str | Path) -> GeneratorCheckpoint:
-    """Load a generator checkpoint written by :func:`pretrained_generator`.
+    """Load a generator checkpoint written by :func:`train_and_save`.
 
     Raises:
         FileNotFoundError / ValueError: naming the file.
@@ -164,7 +164,7 @@ def load_checkpoint(path: str | Path) -> GeneratorCheckpoint:
     return GeneratorCheckpoint(gen.eval(), path, meta)
 
 
-def _train_and_save(path: Path, dataset: str, public_images: torch.Tensor,
+def train_and_save(path: Path, dataset: str, public_images: torch.Tensor,
                     spec: GeneratorConfig, *, device: torch.device | str,
                     progress: bool) -> None:
     logger.info("training the %s generator on %d public images (%d iterations) -> %s", dataset,
@@ -185,29 +185,3 @@ def _train_and_save(path: Path, dataset: str, public_images: torch.Tensor,
             os.unlink(tmp)
     logger.info("generator pretrained in %.0f s (d_loss %.3f, g_loss %.3f): %s",
                 facts["seconds"], facts["d_loss"], facts["g_loss"], path)
-
-
-def pretrained_generator(config: ExperimentConfig, *, device: torch.device | str = "cpu",
-                         progress: bool = True) -> GeneratorCheckpoint:
-    """The experiment's pretrained generator: loaded from the cache, trained there if missing."""
-    from fl_shadow.data import cache_dir, load_dataset
-
-    splits = load_dataset(config.data, seed=config.seed)
-    public = splits.public.images
-    path = checkpoint_path(cache_dir(config.data), config.data.dataset, config.generator,
-                           public)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # others wait here, then find the file
-            if not path.exists():
-                _train_and_save(path, config.data.dataset, public, config.generator,
-                                device=device, progress=progress)
-    return _load_cached(str(path), path.stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(path: str, mtime_ns: int) -> GeneratorCheckpoint:
-    return load_checkpoint(path)
-
-

@@ -46,14 +46,17 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from fl_shadow.config import Bool, Float, Int, settings
 from fl_shadow.defenses.base import (
     Defense,
     DefenseContext,
+    DefenseModel,
     load_pretrained_generator,
     register_defense,
 )
@@ -69,13 +72,14 @@ from fl_shadow.defenses.shadow.noise import (
 from fl_shadow.errors import ConfigError
 from fl_shadow.generative import ImageGenerator, fit_latents, to_unit
 from fl_shadow.saliency import cam_maps, top_fraction_mask
+from fl_shadow.threat_model import DefenseKnowledge
 
 __all__ = ["ShadowDefense", "ShadowParams"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@settings
 class ShadowParams:
     """Parameters of ``shadow`` (the reference's names and defaults, ``epoch`` -> ``round``).
 
@@ -109,52 +113,37 @@ class ShadowParams:
         progress: show the latent fit's progress.
     """
 
-    shadow_train: bool = True
-    shadow_final_round: int = 20
-    gan_rounds: int = 5
-    gan_lr: float = 1e-3
-    ema_shadow: float = 0.5
-    shadow_grad_match: float = 1e-2
-    shadow_total_var: float = 1e-5
-    shadow_img_norm: float = 1e2
-    shadow_bn: float = 1e-2
-    shadow_rec: float = 1.0
-    pseudo_train_img: bool = True
-    z_iter: int = 500
-    z_lr: float = 0.05
-    z_patience: int = 5
-    z_batch_size: int = 64
-    noise_equ: bool = True
-    sub_cam: bool = True
-    noise_momentum: float = 0.1
-    perc_cam: float = 0.3
-    cam_every: int = 1
-    min_cam_alpha: float = 0.1
-    max_cam_alpha: float = 0.5
-    noise_rescale: float = 0.19
-    noise_increase: bool = True
-    temperature: float = 20.0
-    progress: bool = True
+    shadow_train: Bool = True
+    shadow_final_round: Annotated[Int, Field(ge=0)] = 20
+    gan_rounds: Annotated[Int, Field(ge=0)] = 5
+    gan_lr: Annotated[Float, Field(gt=0)] = 1e-3
+    ema_shadow: Annotated[Float, Field(ge=0, le=1)] = 0.5
+    shadow_grad_match: Annotated[Float, Field(ge=0)] = 1e-2
+    shadow_total_var: Annotated[Float, Field(ge=0)] = 1e-5
+    shadow_img_norm: Annotated[Float, Field(ge=0)] = 1e2
+    shadow_bn: Annotated[Float, Field(ge=0)] = 1e-2
+    shadow_rec: Annotated[Float, Field(ge=0)] = 1.0
+    pseudo_train_img: Bool = True
+    z_iter: Annotated[Int, Field(ge=0)] = 500
+    z_lr: Annotated[Float, Field(gt=0)] = 0.05
+    z_patience: Annotated[Int, Field(ge=0)] = 5
+    z_batch_size: Annotated[Int, Field(ge=1)] = 64
+    noise_equ: Bool = True
+    sub_cam: Bool = True
+    noise_momentum: Annotated[Float, Field(ge=0, le=1)] = 0.1
+    perc_cam: Annotated[Float, Field(gt=0, le=1)] = 0.3
+    cam_every: Annotated[Int, Field(ge=1)] = 1
+    min_cam_alpha: Annotated[Float, Field(ge=0, le=1)] = 0.1
+    max_cam_alpha: Annotated[Float, Field(ge=0, le=1)] = 0.5
+    noise_rescale: Annotated[Float, Field(ge=0)] = 0.19
+    noise_increase: Bool = True
+    temperature: Annotated[Float, Field(gt=0)] = 20.0
+    progress: Bool = True
 
-    def validate(self, key: str) -> None:
-        def need(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"{key}.{name}: expected {what}, got {getattr(self, name)!r}")
-
-        for name in ("shadow_final_round", "gan_rounds", "z_iter", "z_patience"):
-            need(getattr(self, name) >= 0, name, "an integer >= 0")
-        need(self.cam_every >= 1, "cam_every", "an integer >= 1")
-        need(self.z_batch_size >= 1, "z_batch_size", "an integer >= 1")
-        for name in ("gan_lr", "z_lr", "temperature"):
-            need(getattr(self, name) > 0, name, "a number > 0")
-        for name in ("shadow_grad_match", "shadow_total_var", "shadow_img_norm", "shadow_bn",
-                     "shadow_rec", "noise_rescale"):
-            need(getattr(self, name) >= 0, name, "a number >= 0")
-        for name in ("ema_shadow", "noise_momentum", "min_cam_alpha", "max_cam_alpha"):
-            need(0 <= getattr(self, name) <= 1, name, "a number in [0, 1]")
-        need(0 < self.perc_cam <= 1, "perc_cam", "a number in (0, 1]")
-        need(self.min_cam_alpha <= self.max_cam_alpha, "min_cam_alpha",
-             f"at most max_cam_alpha ({self.max_cam_alpha})")
+    def __post_init__(self) -> None:
+        if self.min_cam_alpha > self.max_cam_alpha:
+            raise ConfigError(f"min_cam_alpha: expected at most max_cam_alpha "
+                              f"({self.max_cam_alpha}), got {self.min_cam_alpha!r}")
 
     @property
     def weights(self) -> ShadowWeights:
@@ -163,7 +152,39 @@ class ShadowParams:
                              rec=self.shadow_rec)
 
 
-@register_defense("shadow", ShadowParams)
+class ShadowNoiseModel(DefenseModel):
+    """The adaptive attacker's model: the expectation over the shadow defense's input noise,
+    by sampling (EOT).
+
+    Each call draws noise maps with the public peak ``w_N * |max x|`` (``w_N`` from
+    ``noise_rescale``, the round and ``noise_increase``) and the public shape of an equalized
+    map through ``softmax(./T)``: ``exp(-(255/T)(1 - e))``, ``e ~ U[0, 1]`` per pixel. Where the
+    noise goes depends on the client's private shadow and Grad-CAM, so positions are random.
+    """
+
+    modelled = True
+
+    def __init__(self, weight: float, temperature: float, seed: int) -> None:
+        self.weight, self.sharpness = weight, 255.0 / temperature
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def perturb_input(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        e = torch.rand(x.shape, generator=self.generator).to(x.device)
+        shape = torch.exp(-self.sharpness * (1 - e))
+        peak_x = x.detach().flatten(1).max(dim=1).values.abs()
+        peak_n = shape.flatten(1).max(dim=1).values.clamp_min(1e-12)
+        return x + shape * (self.weight * peak_x / peak_n).view(-1, 1, 1, 1)
+
+
+def attacker_model(params: ShadowParams, knowledge: DefenseKnowledge,
+                   received: list[torch.Tensor], seed: int) -> ShadowNoiseModel:
+    weight = noise_weight(knowledge.server_round - 1, knowledge.num_rounds,
+                          params.noise_rescale, increase=params.noise_increase)
+    return ShadowNoiseModel(weight, params.temperature, seed)
+
+
+@register_defense("shadow", ShadowParams, needs_generator=True, keeps_client_state=True,
+                  attacker_model=attacker_model)
 class ShadowDefense(Defense):
     """Shadow Defense (see the module docstring).
 
@@ -173,8 +194,6 @@ class ShadowDefense(Defense):
             experiment's cached checkpoint); tests pass a small one. Called once per client,
             in its first round; afterwards the client's own shadow comes from its state.
     """
-
-    uses_generator = True
 
     def __init__(self, params: ShadowParams,
                  load_generator: Callable[[DefenseContext], ImageGenerator] = (

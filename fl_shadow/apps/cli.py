@@ -2,11 +2,16 @@
 
     fl-shadow run [CONFIG] [--set key=value ...]   # flwr run . with the right federation
     fl-shadow resume RUN_DIR                        # continue a killed run from its checkpoint
-    fl-shadow validate CONFIG [--set key=value ...]
+    fl-shadow validate [CONFIG] [--set key=value ...]
     fl-shadow show-config [CONFIG] [--set ...]      # the resolved config as YAML
     fl-shadow pretrain-generator [CONFIG] [--set ...]  # train/cache the public-data generator
 
-``run`` checks the config first (a bad key is one line, exit 2, before anything starts),
+CONFIG is a YAML file or the name of a shipped config (``default``, ``shadow``, ...; default:
+``default``). ``validate`` and ``run`` check everything before anything starts
+(:func:`fl_shadow.apps.experiment.load_experiment`: names, params, rules between sections and
+components, the machine, the data); a problem is one line naming the key, exit 2.
+
+``run``
 pretrains the public-data generator when the defense or attack needs one and no cached
 checkpoint exists (with a progress bar, once, before the clients start), sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
 launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
@@ -31,12 +36,15 @@ import tempfile
 from pathlib import Path
 
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps.experiment import check_experiment, load_experiment
 from fl_shadow.checkpoint import keeps_client_state, prepare_resume
-from fl_shadow.config import ExperimentConfig, load_config
+from fl_shadow.config import DEFAULT_CONFIG, ExperimentConfig, resolve_config_path
 from fl_shadow.errors import ConfigError, ResumeError
+from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.report import new_run_dir
+from fl_shadow.training import resolve_device
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -66,32 +74,24 @@ def flwr_command(config_path: Path, overrides: list[str], run_dir: Path, *,
             "--federation-config", federation]
 
 
-def needs_generator(config: ExperimentConfig) -> bool:
-    """Whether the configured defense or attack uses the pretrained generator."""
-    from attacks import ATTACKS
-    from fl_shadow.defenses import DEFENSES
-
-    defense = DEFENSES.get(config.defense.name).factory
-    attack = ATTACKS.get(config.attack.name).factory if config.attack.name != "none" else None
-    return bool(getattr(defense, "uses_generator", False)
-                or getattr(attack, "uses_generator", False))
-
-
 def pretrain_generator(config: ExperimentConfig) -> Path:
     """Train (or find in the cache) the experiment's generator; returns the checkpoint file."""
-    from fl_shadow.generative import pretrained_generator
-    from fl_shadow.training import resolve_device
-
     checkpoint = pretrained_generator(config, device=resolve_device(config.train.device))
     return checkpoint.path
 
 
+def config_path_of(value: str | None) -> Path:
+    """The CLI's CONFIG: a file, or a shipped config's name; the shipped default if omitted."""
+    return resolve_config_path(value) if value else DEFAULT_CONFIG
+
+
 def run(args: argparse.Namespace) -> int:
-    config_path = Path(args.config) if args.config else APP_DIR / "experiments/configs/default.yaml"
-    config = load_config(config_path, args.set)
-    if needs_generator(config):
+    config_path = config_path_of(args.config).resolve()
+    config, components = load_experiment(config_path, args.set)
+    if components.needs_generator:
         print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(config.output_dir, config.name)
+    run_dir = (Path(args.run_dir) if args.run_dir
+               else new_run_dir(config.output_dir, config.name)).resolve()
     print(f"fl-shadow: running {config.name!r} -> {run_dir}", flush=True)
     return _launch(config, config_path, args.set, run_dir, resume=False)
 
@@ -108,7 +108,8 @@ def resume(args: argparse.Namespace) -> int:
                 "resume anyway")
         print(f"fl-shadow: warning: {config.defense.name}'s client state is lost; the resumed "
               "rounds will differ from an uninterrupted run", file=sys.stderr, flush=True)
-    if needs_generator(config):
+    components = check_experiment(config)
+    if components.needs_generator:
         print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
     print(f"fl-shadow: resuming {config.name!r} after round {checkpoint.server_round}/"
           f"{config.train.rounds} -> {run_dir}", flush=True)
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("pretrain-generator", "train the public-data generator into the "
                              "cache (or report the cached one)")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("config", nargs="?", help="YAML experiment config (default: the "
-                       "embedded offline default)")
+        p.add_argument("config", nargs="?", help="YAML experiment config, or a shipped "
+                       "config's name (default: the offline default)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.rounds=5 (repeatable)")
         if name == "run":
@@ -171,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)
         if args.command == "resume":
             return resume(args)
-        config = load_config(Path(args.config) if args.config else None, args.set)
+        path = config_path_of(args.config)
         if args.command == "show-config":
+            config, _ = load_experiment(path, args.set, data=False)
             print(config.to_yaml(), end="")
         elif args.command == "pretrain-generator":
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+            config, _ = load_experiment(path, args.set)
             print(f"fl-shadow: generator {pretrain_generator(config)}")
         else:
-            print(f"{args.config or 'default config'}: ok")
+            _, components = load_experiment(path, args.set)
+            print(f"{args.config or 'default'}: ok ({components.summary()})")
         return 0
     except (ConfigError, ResumeError) as exc:
         print(f"fl-shadow: {exc}", file=sys.stderr)

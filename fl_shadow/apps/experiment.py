@@ -1,0 +1,216 @@
+"""Load an experiment and check everything about it before anything runs.
+
+:func:`load_experiment` is what ``fl-shadow validate``, ``fl-shadow run``, the ServerApp and
+every experiment script call: the YAML (with its ``base:`` chain and the overrides) becomes an
+:class:`~fl_shadow.config.ExperimentConfig` (types, ranges, rules between sections), and then
+:func:`check_experiment` resolves every component and checks what the config alone cannot:
+
+* every name is registered (dataset, model, strategy, defense, attack) and every ``params``
+  block is valid for its component;
+* each component's rules with the rest of the experiment (``StrategySpec.check``,
+  ``DefenseSpec.check``, the attack's threat-model needs against ``attack.labels`` and
+  ``attack.bn_statistics``, ``attack.max_images`` against the attack's ceiling);
+* the machine: ``train.device: cuda`` and GPU shares need CUDA, CPU shares at most its cores;
+* the data (``data=True``): ``data.path`` exists and is the kind the dataset reads, the
+  dataset loads, the partition fits it (every client's share exists), the test split is not
+  empty, and a generative component has public images to learn from.
+
+Every failure is one :class:`~fl_shadow.errors.ConfigError` line naming the dotted key. The
+result, :class:`Components`, holds the specs and the validated params, so the federation
+builder resolves nothing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import attacks  # noqa: F401  (registers the attacks)
+import strategies  # noqa: F401  (registers the strategies)
+from attacks import ATTACKS, AttackSpec
+from fl_shadow.config import ExperimentConfig, load_config
+from fl_shadow.data import DATASETS, DatasetSpec, load_dataset, partition_indices
+from fl_shadow.defenses import DEFENSES, DefenseSpec
+from fl_shadow.errors import ConfigError, DataError
+from fl_shadow.models import MODELS, ModelSpec
+from fl_shadow.threat_model import ThreatModelNeeds
+from strategies import STRATEGIES, StrategySpec
+
+log = logging.getLogger(__name__)
+
+#: Below this many public images a generator learns them by heart (a warning at load).
+FEW_PUBLIC_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class Components:
+    """Every configured component: its spec and its validated params.
+
+    Attributes:
+        dataset, model: the data and model specs.
+        strategy, strategy_params: ``strategy.name`` and ``strategy.params``.
+        defense, defense_params: ``defense.name`` and ``defense.params``.
+        attack, attack_params: ``attack.name`` and ``attack.params``.
+        attack_needs: what the attack asks of the threat model with these params.
+    """
+
+    dataset: DatasetSpec
+    model: ModelSpec
+    strategy: StrategySpec
+    strategy_params: Any
+    defense: DefenseSpec
+    defense_params: Any
+    attack: AttackSpec
+    attack_params: Any
+    attack_needs: ThreatModelNeeds
+
+    @property
+    def needs_generator(self) -> bool:
+        """The defense or the attack uses the public-data generator."""
+        return self.defense.needs_generator or (self.attack.reconstructs
+                                                and self.attack_needs.generator is not None)
+
+    def summary(self) -> str:
+        """The components in one line (their own ``summary()``), for the log at start."""
+        attack = self.attack.build(self.attack_params, device="cpu", seed=0).summary()
+        return (f"strategy {self.strategy.summary}{_params_text(self.strategy_params)}, "
+                f"defense {self.defense.build(self.defense_params).summary()}, "
+                f"attack {attack}")
+
+
+def load_experiment(path: str | Path | None = None, overrides: Iterable[str] = (), *,
+                    data: bool = True) -> tuple[ExperimentConfig, Components]:
+    """Read a config (see :func:`fl_shadow.config.load_config`) and check it whole.
+
+    Args:
+        path: YAML file or shipped config name; None for the shipped default.
+        overrides: dotted ``key=value`` items.
+        data: also load the dataset and check the partition against it.
+
+    Raises:
+        ConfigError: the first problem, one line naming the key or the file.
+    """
+    config = load_config(path, overrides)
+    return config, check_experiment(config, data=data)
+
+
+def resolve_components(config: ExperimentConfig) -> Components:
+    """Resolve every name and validate every ``params`` block (no machine or data checks)."""
+    dataset = DATASETS.get(config.data.dataset)
+    model = MODELS.get(config.model.name)
+    strategy = STRATEGIES.get(config.strategy.name)
+    strategy_params = strategy.parse_params(config.strategy.params)
+    defense = DEFENSES.get(config.defense.name)
+    defense_params = defense.parse_params(config.defense.params)
+    attack = ATTACKS.get(config.attack.name)
+    attack_params = attack.parse_params(config.attack.params)
+    return Components(dataset=dataset, model=model, strategy=strategy,
+                      strategy_params=strategy_params, defense=defense,
+                      defense_params=defense_params, attack=attack, attack_params=attack_params,
+                      attack_needs=attack.needs(attack_params))
+
+
+def check_experiment(config: ExperimentConfig, *, data: bool = True) -> Components:
+    """Everything :func:`load_experiment` checks beyond the config's own rules.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    c = resolve_components(config)
+    c.dataset.check_path(config.data.path)
+    c.model.check(norm=config.model.norm)
+    c.strategy.check(c.strategy_params, config)
+    c.defense.check(c.defense_params, config)
+    _check_attack(config, c)
+    _check_machine(config)
+    if data:
+        _check_data(config, c)
+    return c
+
+
+def _check_attack(config: ExperimentConfig, c: Components) -> None:
+    a = config.attack
+    if not c.attack.reconstructs:
+        return
+    if a.max_images > c.attack.max_images:
+        raise ConfigError(f"attack.max_images: expected at most {c.attack.max_images} "
+                          f"({a.name} is meant for batches up to {c.attack.max_images} images), "
+                          f"got {a.max_images}")
+    needs = c.attack_needs
+    if needs.labels and a.labels != "given":
+        raise ConfigError(f"attack.labels: {a.name} needs the labels ({needs.labels}) but the "
+                          "threat model withholds them; set attack.labels: given or change "
+                          "that setting")
+    if needs.bn_statistics and a.bn_statistics == "withheld" and config.model.norm == "batch":
+        raise ConfigError(f"attack.bn_statistics: {a.name} needs the clients' BatchNorm "
+                          f"statistics ({needs.bn_statistics}) but the threat model withholds "
+                          "them; set attack.bn_statistics: given or change that setting")
+    if a.adaptive and c.defense.attacker_model is None:
+        warnings.warn(f"attack.adaptive: defense {c.defense.name} has no public model (its "
+                      "output depends on the clients' private draws, keys or state); the "
+                      "attacker runs as if undefended", stacklevel=3)
+    if config.strategy.flower_dp.mode == "local_dp" and a.adaptive:
+        warnings.warn("attack.adaptive: Flower's LocalDpMod is not modelled by the adaptive "
+                      "attacker (its noise has mean 0)", stacklevel=3)
+
+
+def _check_machine(config: ExperimentConfig) -> None:
+    cuda = torch.cuda.is_available()
+    if config.train.device == "cuda" and not cuda:
+        raise ConfigError("train.device: expected a device this machine has; 'cuda' asked, no "
+                          "CUDA device is available (use auto or cpu)")
+    if config.simulation.num_gpus_per_client > 0 and not cuda:
+        raise ConfigError(f"simulation.num_gpus_per_client: expected 0 on a machine without "
+                          f"CUDA, got {config.simulation.num_gpus_per_client}")
+    cores = os.cpu_count() or 1
+    if config.simulation.num_cpus_per_client > cores:
+        raise ConfigError(f"simulation.num_cpus_per_client: expected at most this machine's "
+                          f"{cores} cores (a larger share never schedules a client), got "
+                          f"{config.simulation.num_cpus_per_client:g}")
+
+
+def _check_data(config: ExperimentConfig, c: Components) -> None:
+    try:
+        splits = load_dataset(config.data, seed=config.seed)
+    except (ConfigError, DataError):
+        raise
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        where = config.data.path or config.data.dataset
+        raise DataError(f"data: {where}: could not be loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    # Every client's share of the train split exists (sizes vs the data, clients vs images).
+    partition_indices(splits.train.labels, config.partition, seed=config.seed)
+    if len(splits.test) == 0:
+        raise ConfigError(f"data: {config.data.dataset} has an empty test split, so the "
+                          "global model cannot be evaluated (raise data.test_fraction or add "
+                          "test images)")
+    if len(splits.test) < 2 * splits.num_classes:
+        warnings.warn(f"data: the test split holds {len(splits.test)} images for "
+                      f"{splits.num_classes} classes; accuracy and macro-F1 will be coarse",
+                      stacklevel=3)
+    if c.needs_generator:
+        public = len(splits.public)
+        if public == 0:
+            raise ConfigError(f"data: {config.data.dataset} has no public split, and "
+                              f"{'defense ' + c.defense.name if c.defense.needs_generator else 'attack ' + c.attack.name}"
+                              " needs a generator trained on public images")
+        if public < FEW_PUBLIC_IMAGES:
+            warnings.warn(f"data: the generator learns from {public} public images only; it "
+                          "will reproduce them rather than the domain", stacklevel=3)
+
+
+def _params_text(params: Any) -> str:
+    """`` (a=1, b=2)`` for a params dataclass, nothing when it has no fields."""
+    values = dataclasses.asdict(params)
+    return f" ({', '.join(f'{k}={v!r}' for k, v in values.items())})" if values else ""
+
+
+__all__ = ["Components", "check_experiment", "load_experiment", "resolve_components"]
