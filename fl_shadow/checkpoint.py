@@ -43,8 +43,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +61,7 @@ from fl_shadow.errors import ResumeError
 
 
 CHECKPOINT_FILE = "checkpoint.npz"
+MAX_ROUNDS = 100_000  # train.rounds' bound
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # version 1 had no strategy state
 
@@ -160,11 +165,24 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
+#: Errors reading an archive that is damaged (truncated, not a zip, a bad deflate stream).
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile,
+                zlib.error, MemoryError)
+
+
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
-    """Read ``<run_dir>/checkpoint.npz``.
+    """Read ``<run_dir>/checkpoint.npz`` and check everything it holds.
+
+    Checked here, on the file alone: it is an ``.npz`` archive of a readable format whose
+    ``meta`` record has every field with its type; rounds ``1 <= server_round <= num_rounds``;
+    every array it announces is there, numeric and finite; the random states are ones each
+    generator accepts (tried on fresh generators, the process's own are not touched). What the
+    experiment must match (rounds, the model's arrays, the strategy's state) is checked by
+    :func:`prepare_resume` and :meth:`fl_shadow.apps.federation.Federation.check_checkpoint`.
 
     Raises:
-        ResumeError: no checkpoint, or one this version cannot read.
+        ResumeError: no checkpoint, or one that is damaged or this version cannot read, in one
+            line naming the file.
     """
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_FILE
@@ -172,30 +190,120 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise ResumeError(f"{run_dir}: no {CHECKPOINT_FILE}: the run did not complete a round "
                           "(or predates checkpoints); start it again with fl-shadow run")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("format") not in READABLE_FORMATS:
-                raise ResumeError(f"{path}: checkpoint format {meta.get('format')!r}, this "
-                                  f"version reads {', '.join(map(str, READABLE_FORMATS))}")
-            arrays = [data[f"array_{i:04d}"] for i in range(int(meta["num_arrays"]))]
-            strategy_state = {
-                name: None if count is None else
-                [data[f"strategy_{name}_{i:04d}"] for i in range(int(count))]
-                for name, count in dict(meta.get("strategy_state", {})).items()}
-            rng = RngState(torch_cpu=data["rng_torch_cpu"], numpy_keys=data["rng_numpy_keys"],
-                           numpy_pos=int(meta["numpy_pos"]),
-                           numpy_has_gauss=int(meta["numpy_has_gauss"]),
-                           numpy_cached_gaussian=float(meta["numpy_cached_gaussian"]),
-                           python_words=data["rng_python_words"],
-                           python_gauss_next=meta["python_gauss_next"])
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ResumeError(f"{path}: not a checkpoint (a single array, not an .npz archive)")
+        with loaded as data:
+            checkpoint = _read_checkpoint(data, path)
     except ResumeError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise ResumeError(f"{path}: unreadable checkpoint: {exc}") from None
-    return Checkpoint(server_round=int(meta["server_round"]),
-                      num_rounds=int(meta["num_rounds"]),
-                      config_sha256=str(meta["config_sha256"]), arrays=arrays, rng=rng,
-                      strategy_state=strategy_state)
+    except _READ_ERRORS as exc:
+        raise ResumeError(f"{path}: unreadable checkpoint ({type(exc).__name__}: "
+                          f"{_first_line(exc)})") from None
+    return checkpoint
+
+
+def _read_checkpoint(data: np.lib.npyio.NpzFile, path: Path) -> Checkpoint:
+    def bad(what: str) -> ResumeError:
+        return ResumeError(f"{path}: damaged checkpoint: {what}")
+
+    def entry(name: str) -> np.ndarray:
+        if name not in data.files:
+            raise bad(f"no {name!r} entry")
+        return data[name]
+
+    try:
+        meta = json.loads(str(entry("meta")))
+    except json.JSONDecodeError:
+        raise bad("its meta record is not JSON") from None
+    if not isinstance(meta, dict):
+        raise bad("its meta record is not a mapping")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise ResumeError(f"{path}: checkpoint format {meta.get('format')!r}, this version "
+                          f"reads {', '.join(map(str, READABLE_FORMATS))}")
+
+    def integer(name: str, low: int, high: int) -> int:
+        value = meta.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise bad(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        return value
+
+    def number(name: str, *, optional: bool = False) -> float | None:
+        value = meta.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value):
+            raise bad(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+
+    num_rounds = integer("num_rounds", 1, MAX_ROUNDS)
+    server_round = integer("server_round", 1, num_rounds)
+    digest = meta.get("config_sha256")
+    if not isinstance(digest, str):
+        raise bad(f"config_sha256 must be text, got {digest!r}")
+    arrays = [_numeric_array(entry(f"array_{i:04d}"), f"array {i}", bad)
+              for i in range(integer("num_arrays", 1, len(data.files)))]
+    raw_state = meta.get("strategy_state", {})
+    if not isinstance(raw_state, dict):
+        raise bad(f"strategy_state must be a mapping, got {raw_state!r}")
+    strategy_state: dict[str, list[np.ndarray] | None] = {}
+    for name, count in raw_state.items():
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                                  or not 0 <= count <= len(data.files)):
+            raise bad(f"strategy_state.{name} must be an array count or null, got {count!r}")
+        strategy_state[str(name)] = None if count is None else [
+            _numeric_array(entry(f"strategy_{name}_{i:04d}"), f"strategy state {name}[{i}]",
+                           bad) for i in range(count)]
+    rng = RngState(torch_cpu=entry("rng_torch_cpu"), numpy_keys=entry("rng_numpy_keys"),
+                   numpy_pos=integer("numpy_pos", 0, 624),
+                   numpy_has_gauss=integer("numpy_has_gauss", 0, 1),
+                   numpy_cached_gaussian=float(number("numpy_cached_gaussian") or 0.0),
+                   python_words=entry("rng_python_words"),
+                   python_gauss_next=number("python_gauss_next", optional=True))
+    problem = rng_state_problem(rng)
+    if problem is not None:
+        raise bad(problem)
+    return Checkpoint(server_round=server_round, num_rounds=num_rounds, config_sha256=digest,
+                      arrays=arrays, rng=rng, strategy_state=strategy_state)
+
+
+def _numeric_array(array: np.ndarray, what: str, bad: Callable[[str], ResumeError]
+                   ) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise bad(f"{what} has dtype {array.dtype}, not a number type")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise bad(f"{what} holds {int(array.size - np.isfinite(array).sum())} non-finite "
+                  "values")
+    return array
+
+
+def rng_state_problem(state: RngState) -> str | None:
+    """What is wrong with ``state`` (None: each generator accepts it), tried on fresh
+    generators so that the process's own stay as they are."""
+    torch_cpu, words = np.asarray(state.torch_cpu), np.asarray(state.python_words)
+    if torch_cpu.dtype != np.uint8 or torch_cpu.ndim != 1:
+        return f"the torch random state must be uint8 bytes, got {torch_cpu.dtype} " \
+               f"{torch_cpu.shape}"
+    if words.dtype.kind not in "iu" or words.shape != (625,) or words.min() < 0 \
+            or words.max() >= 2**32:
+        return f"the Python random state must be 625 words, got {words.dtype} {words.shape}"
+    keys = np.asarray(state.numpy_keys)
+    if keys.dtype.kind not in "iu" or keys.shape != (624,):
+        return f"the NumPy random state must be 624 keys, got {keys.dtype} {keys.shape}"
+    try:
+        torch.Generator().set_state(torch.from_numpy(torch_cpu.copy()))
+        np.random.RandomState().set_state(("MT19937", keys.astype(np.uint32), state.numpy_pos,
+                                           state.numpy_has_gauss, state.numpy_cached_gaussian))
+        random.Random().setstate((3, tuple(int(w) for w in words), state.python_gauss_next))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        return f"a random state is not valid ({type(exc).__name__}: {_first_line(exc)})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
 
 
 def read_status(run_dir: str | Path) -> dict[str, object]:
@@ -213,11 +321,14 @@ def prepare_resume(run_dir: str | Path) -> tuple[ExperimentConfig, Checkpoint]:
     """Check that a results folder can be resumed; returns its config and last checkpoint.
 
     Reads nothing but the folder: its ``config.yaml`` (the resolved config the run started with)
-    is the experiment, whatever the command line says. Changes nothing on disk.
+    is the experiment, whatever the command line says. Changes nothing on disk: every check
+    here, and the model's in :meth:`fl_shadow.apps.federation.Federation.check_checkpoint`,
+    runs before a resumed run drops the unfinished round's rows.
 
     Raises:
-        ResumeError: no such folder, the run completed, no checkpoint, or the config changed
-            since the checkpoint was written.
+        ResumeError: no such folder, the run completed, no checkpoint or a damaged one
+            (:func:`load_checkpoint`), the config changed since the checkpoint was written, or
+            the checkpoint's rounds do not fit the config.
         ConfigError: ``config.yaml`` is not a valid config.
     """
     run_dir = Path(run_dir)
@@ -238,6 +349,10 @@ def prepare_resume(run_dir: str | Path) -> tuple[ExperimentConfig, Checkpoint]:
                                         config_digest(config.to_yaml())):
         raise ResumeError(f"{run_dir}: config.yaml differs from the config the checkpoint was "
                           "written with; a changed experiment cannot continue this run")
+    if checkpoint.num_rounds != config.train.rounds:
+        raise ResumeError(f"{run_dir}: the checkpoint was written for a run of "
+                          f"{checkpoint.num_rounds} rounds, config.yaml has train.rounds="
+                          f"{config.train.rounds}")
     if checkpoint.server_round >= config.train.rounds:
         raise ResumeError(f"{run_dir}: the checkpoint already closes the last round "
                           f"({checkpoint.server_round}/{config.train.rounds}); nothing to resume")

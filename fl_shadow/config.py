@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -498,6 +499,26 @@ def load_config_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     return parse_settings(ExperimentConfig, raw, "")
 
 
+def resolve_paths(config: ExperimentConfig, project_dir: str | Path) -> ExperimentConfig:
+    """The config with its relative paths made absolute against the operator's project folder.
+
+    ``output_dir``, ``data.path`` and ``data.cache_dir`` (``~`` expanded); absolute and unset
+    paths are kept. Every process of a run (the ServerApp, the clients) then reads the same
+    files, wherever it was started (:mod:`fl_shadow.apps.server_app` says which folder).
+    """
+    base = Path(project_dir)
+
+    def absolute(value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    data = dataclasses.replace(config.data, path=absolute(config.data.path),
+                               cache_dir=absolute(config.data.cache_dir))
+    return dataclasses.replace(config, output_dir=absolute(config.output_dir), data=data)
+
+
 def shipped_config_names() -> list[str]:
     """Names of the configs shipped in the package (``default``, ``shadow``, ...)."""
     return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
@@ -616,7 +637,9 @@ def parse_yaml(data: bytes | str, name: str) -> Any:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases, duplicate keys or unbounded nesting."""
+    """PyYAML's safe loader without aliases, duplicate keys or unbounded nesting, and with
+    YAML 1.2's floats: ``1e-5`` is a number (YAML 1.1 wants ``1.0e-5``, and reads ``1e-5`` as
+    text, which then fails as "expected a number, got '1e-5'")."""
 
     name = "config"
     _depth = 0
@@ -650,6 +673,14 @@ class _StrictLoader(yaml.SafeLoader):
                                   f"key {key!r} (first on line {first})")
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+
+# Resolvers are per class: copy the safe loader's before adding to them.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -877,4 +908,4 @@ __all__ = ["AttackConfig", "Bool", "DEFAULT_CONFIG", "DataConfig", "DefenseConfi
            "Str", "StrategyConfig", "TrainConfig", "apply_overrides", "build_params",
            "compose_config", "load_config", "load_config_dict", "merge_config",
            "parse_overrides", "parse_settings", "parse_yaml", "read_yaml",
-           "resolve_config_path", "settings", "shipped_config_names"]
+           "resolve_config_path", "resolve_paths", "settings", "shipped_config_names"]

@@ -23,3 +23,4 @@ RUN_CONFIG_PATH = "config"
 RUN_OVERRIDES = "overrides"
 RUN_DIR = "run-dir"
 RUN_RESUME = "resume"  # continue run-dir from its checkpoint
+RUN_PROJECT_DIR = "project-dir"  # the operator's folder relative paths resolve against

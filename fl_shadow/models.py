@@ -38,6 +38,15 @@ class ModelSpec:
     norms: tuple[str, ...] = ("batch", "none")
     uses_width: bool = True
 
+    def parameter_count(self, *, in_channels: int, num_classes: int, image_size: int,
+                        width: int = 32, norm: str = "batch") -> int:
+        """Numbers in the model's ``state_dict``, counted on PyTorch's meta device (nothing
+        is allocated, so a model too large for the machine can be refused before it is)."""
+        with torch.device("meta"):
+            model = self.build(in_channels=in_channels, num_classes=num_classes,
+                               image_size=image_size, width=width, norm=norm)
+        return sum(t.numel() for t in model.state_dict().values())
+
     def check(self, *, norm: str) -> None:
         """Refuse settings this model does not have (at load)."""
         if norm not in self.norms:

@@ -5,7 +5,8 @@ everything up to its last completed step)::
 
     <run_dir>/
       config.yaml        the resolved experiment config
-      status.json        {"state": running|completed|failed, "rounds_completed": n, ...}
+      status.json        {"state": running|completed|failed|stopped, "rounds_completed": n,
+                          "error": the one-line cause of a failed or stopped run, ...}
       utility.jsonl      one row per evaluated round: loss, accuracy, macro_f1
       fit.jsonl          one row per client update: examples, steps, train loss, seconds
       privacy.jsonl      one row per attacked update: psnr, ssim, lpips, label accuracy, time
@@ -14,6 +15,11 @@ everything up to its last completed step)::
       plots/utility.png, plots/privacy.png
       summary.md         the tables printed at the end
       checkpoint.npz     the global model after the last completed round (fl_shadow/checkpoint)
+
+``status.json`` ends in exactly one final state, the first one recorded: ``completed``;
+``failed`` (a round without enough replies, a server error: ``error`` is the cause in one
+line); ``stopped`` (``flwr stop``, SIGINT or SIGTERM: whatever the dying process writes after
+that is ignored). A run killed outright (SIGKILL, a lost machine) stays ``running``.
 
 A resumed run (:class:`RunRecorder` with ``resume_after=k``) first drops every row of a round
 after ``k`` from each ``*.jsonl`` (the unfinished round's partial rows, written before the kill)
@@ -25,18 +31,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from fl_shadow.errors import ConfigError, RunFailed
 
 if TYPE_CHECKING:
     from fl_shadow.scoring import Scores
     from fl_shadow.threat_model import AttackOutcome
 
 log = logging.getLogger(__name__)
+
+#: States after which ``status.json`` is not rewritten.
+FINAL_STATES = ("completed", "failed", "stopped")
+
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
     """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>``, never an existing folder."""
@@ -46,6 +61,27 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+def check_writable_folder(folder: str | Path, key: str) -> None:
+    """Refuse a results folder no run can write, before anything starts.
+
+    The folder may not exist yet (it is created), but the nearest existing folder on its way
+    must be a folder, and writable.
+
+    Raises:
+        ConfigError: naming ``key`` (``output_dir``, ``run-dir``) and the path at fault.
+    """
+    path = Path(folder)
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            raise ConfigError(f"{key}: {existing} is a file, not a folder"
+                              + ("" if existing == path else f" (on the way to {path})"))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: {existing} is not writable")
+        return
 
 
 class RunRecorder:
@@ -70,8 +106,13 @@ class RunRecorder:
         self.privacy: list[dict[str, Any]] = []
         self.fits: list[dict[str, Any]] = []
         self.resumed_after: list[int] = []
+        self.final_state: str | None = None
+        self._status_lock = threading.Lock()  # a stop handler runs in another thread
         # The server's attacks and evaluation depend on it in the last digits (float order).
         self.server_threads = torch.get_num_threads()
+        if resume_after is not None and not 1 <= resume_after < num_rounds:
+            raise ValueError(f"resume_after: expected a completed round in 1..{num_rounds - 1}, "
+                             f"got {resume_after}")  # checked before any row is dropped
         if resume_after is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_yaml)
@@ -81,10 +122,15 @@ class RunRecorder:
         log.info("results folder: %s", self.run_dir.resolve())
 
     def _reopen(self, last_round: int) -> None:
-        status_file = self.run_dir / "status.json"
-        previous = json.loads(status_file.read_text()) if status_file.exists() else {}
-        self.started -= float(previous.get("seconds", 0.0))
-        self.resumed_after = [*previous.get("resumed_after", []), last_round]
+        try:  # an unreadable status only loses the earlier attempts' time and resumes
+            previous = json.loads((self.run_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            previous = {}
+        previous = previous if isinstance(previous, dict) else {}
+        seconds, resumed = previous.get("seconds", 0.0), previous.get("resumed_after", [])
+        self.started -= float(seconds) if _is_number(seconds) and math.isfinite(seconds) else 0.0
+        earlier = [r for r in resumed if _is_int(r)] if isinstance(resumed, list) else []
+        self.resumed_after = [*earlier, last_round]
         drop_rows_after(self.run_dir, last_round)
         self.utility = read_jsonl(self.run_dir / "utility.jsonl")
         self.privacy = read_jsonl(self.run_dir / "privacy.jsonl")
@@ -164,6 +210,8 @@ class RunRecorder:
         }
         if scores is not None:
             row.update(scores.summary)
+            # Per matched pair (image_index joins the same image across attacks and runs).
+            row["pairs"] = scores.per_pair
         self.privacy.append(row)
         self._append("privacy.jsonl", row)
         grid = self.run_dir / "grids" / f"round{outcome.server_round:03d}_client" \
@@ -176,7 +224,18 @@ class RunRecorder:
                      row["lpips"], row["num_images"], rec.seconds)
 
     def fail(self, error: BaseException) -> None:
-        self._status("failed", rounds_completed=self._rounds_done(), error=str(error)[:500])
+        """Mark the run failed with ``error`` as its one-line cause (an interrupt or exit
+        marks it stopped); nothing if the run already ended."""
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            self.stop(f"stopped by {type(error).__name__}")
+            return
+        # The project's own causes are written for the user; anything else gets its type.
+        cause = str(error) if isinstance(error, RunFailed) else exception_line(error)
+        self._status("failed", rounds_completed=self.rounds_done(), error=one_line(cause))
+
+    def stop(self, reason: str) -> None:
+        """Mark the run stopped (``flwr stop``, a signal); nothing if the run already ended."""
+        self._status("stopped", rounds_completed=self.rounds_done(), error=one_line(reason))
 
     def finish(self) -> str:
         """Write plots and ``summary.md``; log the summary; mark the run completed."""
@@ -191,7 +250,8 @@ class RunRecorder:
         return text
 
     # -- internals --------------------------------------------------------------------------
-    def _rounds_done(self) -> int:
+    def rounds_done(self) -> int:
+        """The last round with a utility row (0 before any)."""
         return max((r["round"] for r in self.utility), default=0)
 
     def _append(self, name: str, row: Mapping[str, Any]) -> None:
@@ -199,6 +259,17 @@ class RunRecorder:
             f.write(json.dumps(row, default=float) + "\n")
 
     def _status(self, state: str, **extra: Any) -> None:
+        with self._status_lock:
+            if self.final_state is not None:
+                log.debug("status %s ignored: the run already %s", state, self.final_state)
+                return
+            if state in FINAL_STATES:
+                self.final_state = state
+                if state != "completed":
+                    log.error("run %s: %s", state, extra.get("error", ""))
+            self._write_status(state, **extra)
+
+    def _write_status(self, state: str, **extra: Any) -> None:
         status = {"state": state, "num_rounds": self.num_rounds,
                   "seconds": round(time.time() - self.started, 2),
                   "server_torch_threads": self.server_threads, **extra}
@@ -209,25 +280,162 @@ class RunRecorder:
         tmp.replace(self.run_dir / "status.json")
 
 
-def failure_reason(failure: object) -> str:
-    """One line for a client failure as Flower hands it to a strategy: an exception, or a
-    ``(proxy, result)`` pair whose status is not OK."""
+#: Longest failure reason kept in a row (a client's message can be a whole traceback).
+MAX_REASON_CHARS = 1000
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# GridClientProxy's ValueError around an error reply (flwr.server.compat.grid_client_proxy).
+_GRID_WRAPPER = re.compile(r"Message contains an Error \(reason: (?P<reason>.*)\)\. It originated "
+                           r"during client-side execution of a message\.", re.S)
+# Flower's runtimes' reason for a ClientApp that raised: "<class 'T'>:<'message'>".
+_RUNTIME_REASON = re.compile(r"<class '(?P<type>[^']+)'>:<'(?P<message>.*)'>", re.S)
+# Ray's simulation wraps the ClientApp's exception; only its message survives, after this.
+_CLIENT_APP_EXCEPTION = "ClientAppException occurred. Message: "
+# The one-line reason of clients.protocol.one_line_errors_mod: "client 3: Type: message".
+_CLIENT_PREFIX = re.compile(r"client (?P<client>\d+): (?P<reason>.+)", re.S)
+
+
+def one_line(text: str, *, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` without terminal escapes, its non-empty lines joined by spaces, cut to
+    ``limit`` characters."""
+    lines = [line.strip() for line in _ANSI_ESCAPE.sub("", text).splitlines() if line.strip()]
+    joined = " ".join(lines)
+    return joined if len(joined) <= limit else joined[:limit - 3] + "..."
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception, in one line (the type alone when it has no message)."""
+    message = one_line(str(exc))
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def describe_failure(failure: object) -> tuple[int | None, str]:
+    """``(client, reason)`` of a client failure as Flower hands it to a strategy: an
+    exception, or a ``(proxy, result)`` pair whose status is not OK.
+
+    The reason is the client's own ``Type: message`` in one line: Flower's wrappers (the
+    legacy proxy's ``Message contains an Error (reason: ...)``, the runtimes'
+    ``<class '...'>:<'...'>``, Ray's traceback header and colours) are taken off. ``client``
+    is the id a reply of :func:`clients.protocol.one_line_errors_mod` names (None when the
+    failure does not say).
+    """
     if isinstance(failure, BaseException):
-        text = f"{type(failure).__name__}: {failure}"
+        wrapped = _GRID_WRAPPER.fullmatch(_ANSI_ESCAPE.sub("", str(failure)).strip())
+        text = (_runtime_reason(wrapped.group("reason")) if wrapped is not None
+                else exception_line(failure))
     elif isinstance(failure, tuple) and len(failure) == 2 and hasattr(failure[1], "status"):
         status = failure[1].status
         text = f"{getattr(status.code, 'name', status.code)}: {status.message}"
     else:
         text = repr(failure)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines)[:1000]
+    text = one_line(text)
+    prefixed = _CLIENT_PREFIX.fullmatch(text)
+    if prefixed is not None:
+        return int(prefixed.group("client")), prefixed.group("reason")
+    return None, text
+
+
+def failure_reason(failure: object) -> str:
+    """:func:`describe_failure` as one line: ``client 3: Type: message``."""
+    client, reason = describe_failure(failure)
+    return reason if client is None else f"client {client}: {reason}"
+
+
+def _runtime_reason(reason: str) -> str:
+    """The client's error inside an error reply's reason (see :func:`describe_failure`)."""
+    match = _RUNTIME_REASON.fullmatch(reason.strip())
+    if match is None:
+        return reason  # already one line of this project's ClientApp, or Flower's own text
+    type_name, message = match.group("type"), match.group("message")
+    if _CLIENT_APP_EXCEPTION in message:  # Ray: the type is gone, the message survives
+        return message.rsplit(_CLIENT_APP_EXCEPTION, 1)[1]
+    return f"{type_name.rsplit('.', 1)[-1]}: {message}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: What every row of a results file must hold for the summary and a resume to read it:
+#: ``file -> {field: (required, check)}``; other fields are free.
+ROW_FIELDS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
+    "utility.jsonl": {"round": (True, _is_int), "loss": (True, _is_number),
+                      "accuracy": (False, _is_number), "macro_f1": (False, _is_number)},
+    "fit.jsonl": {"round": (True, _is_int), "client": (True, _is_int),
+                  "num_examples": (False, _is_int), "fit_seconds": (False, _is_number)},
+    "privacy.jsonl": {"round": (True, _is_int), "client": (True, _is_int),
+                      "skipped": (False, lambda v: isinstance(v, str)),
+                      "num_images": (False, _is_int), "attack_seconds": (False, _is_number),
+                      **{m: (False, _is_number) for m in ("psnr", "ssim", "lpips",
+                                                          "label_accuracy", "fg_psnr",
+                                                          "fg_ssim", "fg_lpips")}},
+    "client_utility.jsonl": {"round": (True, _is_int), "client": (True, _is_int),
+                             "num_examples": (True, _is_int), "accuracy": (True, _is_number),
+                             "macro_f1": (True, _is_number)},
+    "failures.jsonl": {"round": (True, _is_int)},
+}
+_ANY_ROW: dict[str, tuple[bool, Callable[[Any], bool]]] = {"round": (False, _is_int)}
+
+
+def row_problem(row: Any, fields: Mapping[str, tuple[bool, Callable[[Any], bool]]]
+                ) -> str | None:
+    """Why ``row`` is not a valid row with ``fields`` (None: it is one)."""
+    if not isinstance(row, dict):
+        return f"not a JSON object ({type(row).__name__})"
+    for name, (required, check) in fields.items():
+        if name not in row:
+            if required:
+                return f"no {name!r}"
+        elif not check(row[name]):
+            return f"{name!r} is {row[name]!r}"
+    if fields is ROW_FIELDS["privacy.jsonl"] and "skipped" not in row \
+            and not ("num_images" in row and "attack_seconds" in row):
+        return "neither a skipped nor an attacked update"
+    return None
+
+
+def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The valid rows of a ``.jsonl`` results file, and one line per line that is not one.
+
+    A line is skipped when it is not UTF-8, not JSON, not a JSON object, or lacks a field of
+    :data:`ROW_FIELDS` for this file (any file: a ``round`` that is not an integer). A torn
+    last line (a kill while appending) is one of those.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    fields = ROW_FIELDS.get(path.name, _ANY_ROW)
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problems.append(f"{path.name} line {number}: not UTF-8 text")
+            continue
+        except json.JSONDecodeError:
+            problems.append(f"{path.name} line {number}: not JSON (a torn line?)")
+            continue
+        problem = row_problem(row, fields)
+        if problem is not None:
+            problems.append(f"{path.name} line {number}: {problem}")
+            continue
+        rows.append(row)
+    return rows, problems
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The valid rows of a ``.jsonl`` results file (see :func:`read_rows`); each skipped line
+    is logged as one warning line naming the file and the line."""
+    rows, problems = read_rows(path)
+    for problem in problems:
+        log.warning("%s: skipped", problem)
+    return rows
 
 
 def drop_rows_after(run_dir: str | Path, last_round: int) -> int:
@@ -235,28 +443,23 @@ def drop_rows_after(run_dir: str | Path, last_round: int) -> int:
     and those rounds' grids; returns how many rows were dropped.
 
     Rows of a round the run did not finish were appended before it died; the resumed run writes
-    that round again. A line cut short by the kill is dropped too. Rows without a ``round`` are
-    kept. Each file is rewritten atomically (temporary file, then rename).
+    that round again. A line that is not a valid row (:func:`read_rows`: a line cut short by
+    the kill, bytes that are not text, a round that is not an integer) is dropped too, with a
+    warning. Each file is rewritten atomically (temporary file, then rename).
     """
     run_dir = Path(run_dir)
     dropped = 0
     for path in sorted(run_dir.glob("*.jsonl")):
-        kept: list[str] = []
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s: dropping a truncated line", path.name)
-                continue
-            if isinstance(row, dict) and int(row.get("round", 0)) > last_round:
-                continue
-            kept.append(line)
+        rows, problems = read_rows(path)
+        for problem in problems:
+            log.warning("%s: dropped", problem)
+        kept = [row for row in rows if row.get("round", 0) <= last_round]
+        lines = [raw for raw in path.read_bytes().splitlines() if raw.strip()]
         if len(kept) == len(lines):
             continue
         dropped += len(lines) - len(kept)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
         tmp.replace(path)
     for grid in (run_dir / "grids").glob("round*_client*.png"):
         digits = grid.name[len("round"):].split("_", 1)[0]

@@ -14,6 +14,12 @@ Also per matched pair: ``mse`` (the MSE behind the PSNR), and with a reference c
 (trained on public data, :mod:`fl_shadow.reference_classifier`) ``ref_accuracy``: the share of
 reconstructions it labels as their true image's class (and ``ref_accuracy_truth``, the same
 on the attacked images themselves: its ceiling).
+
+With the public split at hand, every score of :data:`fl_shadow.metrics.PRIVACY_SCORES` also for
+the no-information baseline (``prior_<score>``: the public mean image; ``nearest_<score>``: the
+closest public image) and as leakage above the mean image (``leak_<score>``), see
+:mod:`fl_shadow.metrics.baseline`. Per pair, ``image_index`` is the attacked image's index in
+the train split (the key that joins the same image across attacks, for the worst case).
 """
 
 from __future__ import annotations
@@ -37,16 +43,19 @@ class Scores:
     """Scores of one reconstruction.
 
     Attributes:
-        summary: mean ``psnr``, ``ssim``, ``lpips``, ``label_accuracy`` and ``num_matched``.
+        summary: means over the matched pairs of every score, ``label_accuracy`` and
+            ``num_matched``.
         per_pair: the same per matched pair (lists in pair order).
         matched_truth: ``(P, C, H, W)`` attacked images in pair order.
         matched_reconstructions: ``(P, C, H, W)`` their matched reconstructions.
+        truth_index: ``(P,)`` index of each pair's image in the attacked batch.
     """
 
     summary: dict[str, float]
     per_pair: dict[str, list[float]]
     matched_truth: torch.Tensor
     matched_reconstructions: torch.Tensor
+    truth_index: np.ndarray
 
 
 class Scorer:
@@ -60,18 +69,22 @@ class Scorer:
         foreground_fraction: share of pixels in the foreground region.
         reference: classifier of images in [0, 1] trained on public data (None: no
             ``ref_accuracy``).
+        public: ``(M, C, H, W)`` the public split in [0, 1], for the no-information baseline
+            (None: no ``prior_*``/``leak_*`` scores).
     """
 
     def __init__(self, train: ImageSet, *, model_factory: Callable[[], nn.Module] | None = None,
                  state_keys: Sequence[str] = (), mean: Sequence[float] = (0.0,),
                  std: Sequence[float] = (1.0,), foreground_fraction: float = 0.3,
-                 reference: nn.Module | None = None) -> None:
+                 reference: nn.Module | None = None,
+                 public: torch.Tensor | None = None) -> None:
         self.train = train
         self.model_factory = model_factory
         self.state_keys = list(state_keys)
         self.mean, self.std = tuple(mean), tuple(std)
         self.foreground_fraction = foreground_fraction
         self.reference = reference
+        self.public = public if public is not None and len(public) else None
 
     def score(self, reconstruction: Reconstruction, audit: AuditRecord | None,
               global_arrays: list[np.ndarray] | None = None) -> Scores | None:
@@ -84,8 +97,12 @@ class Scorer:
         foreground = None
         if self.model_factory is not None and global_arrays is not None:
             foreground = self.foreground(truth, labels, global_arrays)
-        return score_reconstruction(reconstruction.images, reconstruction.labels, truth, labels,
-                                    foreground=foreground, reference=self.reference)
+        scores = score_reconstruction(reconstruction.images, reconstruction.labels, truth,
+                                      labels, foreground=foreground, reference=self.reference,
+                                      public=self.public)
+        matched = np.asarray(indices)[np.asarray(scores.truth_index, dtype=np.int64)]
+        scores.per_pair["image_index"] = [float(i) for i in matched]
+        return scores
 
     def foreground(self, images: torch.Tensor, labels: torch.Tensor,
                    global_arrays: list[np.ndarray]) -> torch.Tensor:
@@ -104,18 +121,30 @@ class Scorer:
 def score_reconstruction(recon: torch.Tensor, recon_labels: torch.Tensor, truth: torch.Tensor,
                          true_labels: torch.Tensor, *,
                          foreground: torch.Tensor | None = None,
-                         reference: nn.Module | None = None) -> Scores:
+                         reference: nn.Module | None = None,
+                         public: torch.Tensor | None = None) -> Scores:
     """Match ``recon`` (K, C, H, W) to ``truth`` (N, C, H, W), both in [0, 1], and score;
     ``foreground`` ``(N, H, W)`` bool adds ``fg_psnr``, ``fg_ssim`` and ``fg_lpips``;
-    ``reference`` (a classifier of [0, 1] images) adds ``ref_accuracy``."""
+    ``reference`` (a classifier of [0, 1] images) adds ``ref_accuracy``; ``public`` (M, C, H,
+    W) adds the baselines ``prior_*``, ``nearest_*`` and the leakage ``leak_*``."""
     recon = torch.nan_to_num(recon.detach().cpu().float(), nan=0.0).clamp(0, 1)
     truth = truth.detach().cpu().float()
     pairs = metrics.score_matched_pairs(recon, truth)
     rows, cols = pairs.recon_index, pairs.truth_index
     label_hits = (recon_labels.cpu()[rows] == true_labels.cpu()[cols]).float()
-    per_pair = {"psnr": pairs.psnr.tolist(), "ssim": pairs.ssim.tolist(),
-                "lpips": pairs.lpips.tolist(), "label_correct": label_hits.tolist()}
+    attack_scores = pairs.scores()
+    per_pair = {name: values.tolist() for name, values in attack_scores.items()}
+    per_pair["label_correct"] = label_hits.tolist()
     summary = pairs.summary()
+    if public is not None:
+        baselines = metrics.baseline_scores(public.detach().cpu().float(), truth[cols])
+        for prefix, key in (("prior", "public_mean"), ("nearest", "public_nearest")):
+            for name, values in baselines[key].items():
+                per_pair[f"{prefix}_{name}"] = values.tolist()
+                summary[f"{prefix}_{name}"] = float(np.mean(values))
+        for name, values in metrics.leakage(attack_scores, baselines["public_mean"]).items():
+            per_pair[f"leak_{name}"] = values.tolist()
+            summary[f"leak_{name}"] = float(np.mean(values))
     summary["label_accuracy"] = float(label_hits.mean())
     mse = (recon[rows] - truth[cols]).pow(2).flatten(1).mean(1)
     per_pair["mse"] = mse.tolist()
@@ -135,4 +164,4 @@ def score_reconstruction(recon: torch.Tensor, recon_labels: torch.Tensor, truth:
             per_pair[f"fg_{name}"] = values.tolist()
             summary[f"fg_{name}"] = float(values.double().mean())
     return Scores(summary=summary, per_pair=per_pair, matched_truth=truth[cols],
-                  matched_reconstructions=recon[rows])
+                  matched_reconstructions=recon[rows], truth_index=np.asarray(cols))

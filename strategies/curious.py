@@ -19,15 +19,20 @@ calls it composes a few small pieces, each with one job:
   states and the wrapped strategy's own state across rounds (FedAdam's moments, ...);
 * the :class:`~fl_shadow.report.RunRecorder` for the results folder, and the run's outcome: a
   round with fewer successful replies than ``strategy.min_fit_clients`` fails the run, with
-  the clients' first error as its cause.
+  the clients' first error as its cause; a federation of the wrong size fails it before the
+  first round (in simulation at once: Flower's simulation engine registers every SuperNode
+  before the ServerApp's first call, :func:`simulated_federation_size`; in deployment after
+  ``strategy.wait_for_clients_s``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.common import (
@@ -42,6 +47,7 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from fl_shadow import flower_keys as keys
 from fl_shadow.checkpoint import (
@@ -52,7 +58,7 @@ from fl_shadow.checkpoint import (
     save_checkpoint,
 )
 from fl_shadow.errors import RunFailed
-from fl_shadow.report import RunRecorder, failure_reason
+from fl_shadow.report import RunRecorder, describe_failure, failure_reason
 from fl_shadow.scoring import Scorer
 from fl_shadow.threat_model import AttackOutcome
 from strategies.attack_hook import AttackHook, ReceivedUpdate, Skipped
@@ -61,6 +67,24 @@ log = logging.getLogger(__name__)
 
 FitFailure = tuple[ClientProxy, FitRes] | BaseException
 UpdateTap = Callable[[int, list[np.ndarray], ReceivedUpdate], None]
+F = TypeVar("F")
+
+#: How long a simulated federation whose size looks wrong is given to finish registering.
+SIMULATION_SETTLE_S = 2.0
+
+
+def simulated_federation_size(client_manager: ClientManager) -> int | None:
+    """The number of SuperNodes of Flower's simulation engine; None outside a simulation.
+
+    The engine registers all of its nodes (``num-supernodes``) in its in-memory link state as
+    it starts, before the ServerApp has built anything, and they never leave; so the count the
+    ServerApp's grid reports is the federation's size. In deployment nodes come and go (None:
+    only waiting tells), as in the in-process driver, whose proxies have no grid.
+    """
+    for proxy in client_manager.all().values():
+        grid = getattr(proxy, "grid", None)
+        return len(list(grid.get_node_ids())) if isinstance(grid, InMemoryGrid) else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,9 +199,7 @@ class UpdateObserver:
         (by client id: replies arrive in whatever order clients finish, and a fixed order
         keeps floating-point sums, and so whole runs, reproducible under a seed) and the
         failures, non-finite uploads added."""
-        for failure in failures:
-            self.recorder.log_failure(server_round, failure_reason(failure))
-        failures = list(failures)
+        failures = record_failures(self.recorder, server_round, failures)
         updates: list[tuple[ReceivedUpdate, ClientProxy, FitRes]] = []
         for proxy, res in results:
             client_id, named = client_of(proxy, res)
@@ -224,6 +246,18 @@ class UpdateObserver:
         self.recorder.log_attack(outcome, scores)
 
 
+def record_failures(recorder: RunRecorder, server_round: int, failures: Sequence[F]
+                    ) -> list[F]:
+    """Write a row per failure (client and reason, :func:`~fl_shadow.report.describe_failure`);
+    returns the failures in client order (unnamed last): they arrive in whatever order clients
+    fail, and the first one is the run's cause when the round fails, the same every time."""
+    described = sorted(((describe_failure(f), i) for i, f in enumerate(failures)),
+                       key=lambda d: (d[0][0] is None, d[0][0] or 0, d[1]))
+    for (client, reason), _ in described:
+        recorder.log_failure(server_round, reason, client_id=client)
+    return [failures[i] for _, i in described]
+
+
 def _first_non_finite(arrays: Sequence[np.ndarray], names: Sequence[str]) -> str | None:
     for i, array in enumerate(arrays):
         a = np.asarray(array)
@@ -252,6 +286,9 @@ class CuriousServer(Strategy):
             size it on the clients connected at that instant), ...
         wait_for_clients_s: ... for at most this long; then the run fails, naming both
             numbers.
+        num_clients: the experiment's clients (``partition.num_clients``); a simulation
+            must run exactly this many SuperNodes (one per partition), checked when Flower
+            asks for the initial parameters (None: not checked).
         federated_evaluation: the clients evaluate each round's global model themselves (a
             defense with a private model); the round closes after their evaluation.
         resume_rng: the random states of the checkpoint a resumed run continues from,
@@ -262,7 +299,8 @@ class CuriousServer(Strategy):
                  round_config: Callable[[int], dict[str, Scalar]], observer: UpdateObserver,
                  recorder: RunRecorder, checkpointer: Checkpointer | None = None,
                  min_fit_clients: int = 1, min_available_clients: int = 1,
-                 wait_for_clients_s: float = 120.0, federated_evaluation: bool = False,
+                 wait_for_clients_s: float = 120.0, num_clients: int | None = None,
+                 federated_evaluation: bool = False,
                  resume_rng: RngState | None = None) -> None:
         super().__init__()
         self.strategy = strategy
@@ -274,6 +312,7 @@ class CuriousServer(Strategy):
         self.min_fit_clients = min_fit_clients
         self.min_available_clients = min_available_clients
         self.wait_for_clients_s = wait_for_clients_s
+        self.num_clients = num_clients
         self.federated_evaluation = federated_evaluation
         self._resume_rng = resume_rng
         self._sent: dict[int, Parameters] = {}
@@ -288,6 +327,7 @@ class CuriousServer(Strategy):
 
     # -- Strategy ---------------------------------------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        self._check_simulated_federation(client_manager)
         if self._resume_rng is not None:
             restore_rng(self._resume_rng)
             self._resume_rng = None
@@ -350,8 +390,13 @@ class CuriousServer(Strategy):
                             "macro_f1": float(res.metrics["macro_f1"])} for _, res in results),
                           key=lambda row: row["client"])
             self.recorder.log_client_utility(r, rows)
-            for failure in failures:
-                self.recorder.log_failure(r, failure_reason(failure))
+            failures = record_failures(self.recorder, r, failures)
+            if len(results) < self.min_fit_clients:
+                # A private-model defense's round closes on the clients' own evaluation.
+                cause = failure_reason(failures[0]) if failures else "no client replied"
+                raise RunFailed(f"round {r}: {len(results)} of {len(results) + len(failures)} "
+                                "clients evaluated the global model, strategy.min_fit_clients "
+                                f"is {self.min_fit_clients}; first failure: {cause}")
             if self._evaluated is not None:
                 self._close_round(r, self._evaluated)
             return self.strategy.aggregate_evaluate(r, results, failures)
@@ -381,6 +426,26 @@ class CuriousServer(Strategy):
             raise
 
     # -- internals --------------------------------------------------------------------------
+    def _check_simulated_federation(self, client_manager: ClientManager) -> None:
+        """Refuse, at once, a simulation with another number of SuperNodes than clients."""
+        if self.num_clients is None:
+            return
+        size = simulated_federation_size(client_manager)
+        if size is None or size == self.num_clients:
+            return
+        time.sleep(SIMULATION_SETTLE_S)  # registration is one quick loop; let it end
+        size = simulated_federation_size(client_manager)
+        if size is None or size == self.num_clients:
+            return
+        n, m = self.num_clients, self.min_available_clients
+        exc = RunFailed(
+            f"the simulation runs {size} SuperNodes but the experiment has {n} clients "
+            f"(partition.num_clients={n}, strategy.min_available_clients={m}; one SuperNode "
+            f"per client): start it with --federation-config 'num-supernodes={n}' (fl-shadow "
+            f"run sizes it from the config) or set partition.num_clients={size}")
+        self.recorder.fail(exc)  # logs the cause
+        raise exc
+
     def _close_round(self, server_round: int, parameters: Parameters) -> None:
         """Checkpoint the completed round, then, after the last one, finish the records."""
         if self.checkpointer is not None:
@@ -392,4 +457,4 @@ class CuriousServer(Strategy):
 
 
 __all__ = ["Checkpointer", "CuriousServer", "RoundClock", "UpdateObserver", "client_of",
-           "innermost", "read_server_state", "write_server_state"]
+           "innermost", "read_server_state", "simulated_federation_size", "write_server_state"]

@@ -2,13 +2,12 @@
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from processes import free_port, process_tree, processes_mentioning, signal_all
+from processes import free_port, process_tree, processes_mentioning, signal_all, wait_gone
 
 # Small tensors gain nothing from intra-op threads, and when anything else runs on the machine
 # (a second pytest, a federation) spinning thread pools make such tests up to 100x slower.
@@ -26,6 +25,8 @@ def flower_env(tmp_path: Path):  # type: ignore[no-untyped-def]
            "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "FLWR_TELEMETRY_ENABLED": "0",
            "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     yield env
-    for pid in processes_mentioning(f"127.0.0.1:{control_port}"):
-        signal_all(process_tree(pid), signal.SIGKILL)
-    time.sleep(1)
+    killed = [p for pid in processes_mentioning(f"127.0.0.1:{control_port}")
+              for p in process_tree(pid)]
+    signal_all(killed, signal.SIGKILL)
+    left = wait_gone(killed)
+    assert not left, f"processes of this test's SuperLink still run after SIGKILL: {left}"

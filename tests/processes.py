@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 
@@ -67,3 +68,22 @@ def signal_all(pids: list[int], sig: int) -> int:
         except OSError:
             pass
     return sent
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, waiting for a parent that may never reap it, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """Wait until none of ``pids`` runs; returns those still running after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    left = [pid for pid in pids if alive(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if alive(pid)]
+    return left

@@ -3,7 +3,7 @@ uninterrupted run under the same seed.
 
 Most tests drive Flower's own legacy server loop (``flwr.server.Server``, the one the ServerApp
 runs) in-process with the real strategy (``build_strategy``) and the real defended clients, so
-they need no Ray; one end-to-end test kills a real ``fl-shadow run`` after round 1 and resumes
+they need no Ray; one end-to-end test kills a real Flower simulation after round 1 and resumes
 it with ``fl-shadow resume``.
 """
 
@@ -35,13 +35,15 @@ from fl_shadow.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from fl_shadow.apps.cli import QUIET_ENV, flwr_command
 from fl_shadow.apps.cli import main as cli_main
 from fl_shadow.apps.federation import Federation
 from fl_shadow.apps.inprocess import run_in_process
 from fl_shadow.config import ExperimentConfig, load_config
 from fl_shadow.errors import ResumeError
 from fl_shadow.report import RunRecorder, drop_rows_after, read_jsonl
-from processes import process_tree, processes_mentioning, signal_all
+from flower_app import HOLD_AFTER_ROUND_1, write_app
+from processes import process_tree, processes_mentioning, signal_all, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -335,11 +337,13 @@ def test_resume_refuses_defenses_with_client_state(tmp_path: Path,
 
 
 def test_strategy_rejects_a_checkpoint_with_nothing_left(tmp_path: Path) -> None:
+    federation = Federation(tiny_config("train.rounds=2", "attack.rounds=[2]"))
     checkpoint = Checkpoint(server_round=2, num_rounds=2, config_sha256="",
-                            arrays=[np.zeros(1, np.float32)], rng=capture_rng())
-    with pytest.raises(ValueError, match="checkpoint closes round 2, the run has 2"):
-        Federation(tiny_config("train.rounds=2", "attack.rounds=[2]")).strategy(
-            tmp_path, resume=checkpoint)
+                            arrays=federation.initial_arrays(), rng=capture_rng())
+    with pytest.raises(ResumeError, match=r"checkpoint of round 2 of 2 does not continue a run "
+                                          r"of train\.rounds=2 \(rounds 1\.\.1 can be resumed\)"):
+        federation.strategy(tmp_path, resume=checkpoint)
+    assert list(tmp_path.iterdir()) == []  # refused before the results folder was touched
 
 
 @pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
@@ -362,17 +366,17 @@ def test_server_optimizer_state_resumes_exactly(tmp_path: Path, strategy: str) -
     assert_same_results(whole, broken)
 
 
-# ---- end to end: a real `fl-shadow run` killed after round 1, then `fl-shadow resume` --------
+# ---- end to end: a real Flower run killed after round 1, then `fl-shadow resume` ------------
 # No attack (the in-process test covers attacked rounds; the attack's reference classifier and
-# inversion would triple this test's time on 2 busy cores); 500 local epochs make each round's
-# training last ~2 s, the window in which the run is killed.
+# inversion would triple this test's time on 2 busy cores). The killed run's server holds once
+# round 1's checkpoint is written (tests/flower_app.py), so the kill always lands after round 1.
 E2E = """\
 name: tiny
 seed: 3
 data: {dataset: mni152, image_size: 16, channels: 1}
 partition: {scheme: sizes, num_clients: 2, sizes: [2, 6], batch_sizes: [1, 3]}
 model: {name: convnet, width: 4}
-train: {rounds: 3, local_epochs: 500, lr: 0.01, device: cpu}
+train: {rounds: 3, local_epochs: 2, lr: 0.01, device: cpu}
 strategy: {min_fit_clients: 2, min_available_clients: 2}
 attack: {name: none}
 """
@@ -381,8 +385,11 @@ attack: {name: none}
 def _kill_simulation(http_port: str) -> int:
     """SIGKILL the simulation process of this test's SuperLink (the ServerApp and the Ray
     cluster with the clients) and everything under it: the run dies as on a lost machine."""
-    return sum(signal_all(process_tree(pid), signal.SIGKILL)
-               for pid in processes_mentioning("flwr-simulation", f"127.0.0.1:{http_port}"))
+    killed = [p for pid in processes_mentioning("flwr-simulation", f"127.0.0.1:{http_port}")
+              for p in process_tree(pid)]
+    signal_all(killed, signal.SIGKILL)
+    assert not wait_gone(killed), "the simulation outlived SIGKILL"
+    return len(killed)
 
 
 def _fl_shadow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -398,11 +405,16 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
     proc = _fl_shadow(flower_env, "run", str(config), "--run-dir", str(whole))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # Same experiment, killed as soon as round 1 is checkpointed (while round 2 trains).
-    runner = subprocess.Popen([sys.executable, "-m", "fl_shadow.apps.cli", "run", str(config),
-                               "--run-dir", str(killed)], cwd=ROOT, env=flower_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    # Same experiment, on the project's apps with a server that holds after round 1: killed
+    # there, with round 1 checkpointed and nothing of round 2 begun.
+    app = write_app(tmp_path / "app", HOLD_AFTER_ROUND_1)
+    command = flwr_command(config, [], killed, num_clients=2, cpus_per_client=1,
+                           gpus_per_client=0, run_config_file=tmp_path / "run_config.toml",
+                           app_dir=app)
+    env = {**flower_env, **QUIET_ENV,
+           "PATH": f"{Path(sys.executable).parent}:{flower_env.get('PATH', '')}"}
+    runner = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not (killed / CHECKPOINT_FILE).exists():
@@ -413,15 +425,15 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
         os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
     assert json.loads((killed / "status.json").read_text())["state"] == "running"
-    last = load_checkpoint(killed).server_round
-    assert last in (1, 2)  # 2 only if a busy machine delayed the kill by a whole round
+    assert load_checkpoint(killed).server_round == 1
+    assert {r["round"] for r in read_jsonl(killed / "fit.jsonl")} == {1}
 
     proc = _fl_shadow(flower_env, "resume", str(killed))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"resuming 'tiny' after round {last}/3" in proc.stdout
+    assert "resuming 'tiny' after round 1/3" in proc.stdout
     assert_same_results(whole, killed)
     status = json.loads((killed / "status.json").read_text())
-    assert status["state"] == "completed" and status["resumed_after"] == [last]
+    assert status["state"] == "completed" and status["resumed_after"] == [1]
     assert sorted((r["round"], r["client"]) for r in read_jsonl(killed / "fit.jsonl")) == [
         (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
 
@@ -429,13 +441,77 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
         f"fl-shadow: {killed}: the run already completed all 3 rounds; nothing to resume"
 
 
-def _rows(path: Path) -> list[dict]:
-    """Rows of a file another process is appending to (a torn last line is skipped)."""
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return rows
+# ---- every check before anything is touched -------------------------------------------------
+def test_a_bad_checkpoint_is_refused_before_any_row_is_dropped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At fd9c1fe a checkpoint of round -4 first emptied fit.jsonl and utility.jsonl (2 rows
+    each), then was rejected. Now every check runs first and the folder stays as it was."""
+    config = tiny_config()
+    run_dir = _folder_with_checkpoint(tmp_path, config, state="failed")
+    rows = '{"round": 1, "client": 0, "num_examples": 2}\n{"round": 2, "client": 0}\n'
+    (run_dir / "fit.jsonl").write_text(rows)
+    (run_dir / "utility.jsonl").write_text('{"round": 0, "loss": 1}\n{"round": 1, "loss": 1}\n')
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    checkpoint = load_checkpoint(run_dir)
+    for change, message in [
+        ({"server_round": -4}, "server_round must be an integer in 1..3, got -4"),
+        ({"server_round": 0}, "server_round must be an integer in 1..3, got 0"),
+        ({"num_rounds": 7, "server_round": 1}, "written for a run of 7 rounds"),
+    ]:
+        meta = {"format": 2, "server_round": 1, "num_rounds": 3,
+                "config_sha256": checkpoint.config_sha256, "num_arrays": 1,
+                "numpy_pos": checkpoint.rng.numpy_pos, "numpy_has_gauss": 0,
+                "numpy_cached_gaussian": 0.0, "python_gauss_next": None, **change}
+        with np.load(run_dir / CHECKPOINT_FILE) as data:
+            entries = {k: data[k] for k in data.files if k != "meta"}
+        with (run_dir / CHECKPOINT_FILE).open("wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **entries)
+        err = _cli_error(capsys, "resume", str(run_dir))
+        assert message in err, err
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != CHECKPOINT_FILE} \
+            == {k: v for k, v in before.items() if k != CHECKPOINT_FILE}
+    # The round fits, but its one array is not the model's 20: refused by the model check.
+    save_checkpoint(run_dir, checkpoint)
+    err = _cli_error(capsys, "resume", str(run_dir))
+    assert err == ("fl-shadow: the checkpoint of round 1 holds 1 arrays, the model (convnet) "
+                   "has 20: not this experiment's model")
+    assert (run_dir / "fit.jsonl").read_text() == rows
+    with pytest.raises(ValueError, match=r"resume_after: expected a completed round in 1\.\.2"):
+        RunRecorder(run_dir, "", 3, resume_after=-4)
+    assert (run_dir / "fit.jsonl").read_text() == rows
+
+
+def test_damaged_checkpoints_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_FILE
+    for content, message in [
+        (b"", r"unreadable checkpoint \(EOFError: No data left in file\)"),
+        (b"PK\x03\x04" + b"\0" * 40, r"unreadable checkpoint"),
+    ]:
+        path.write_bytes(content)
+        with pytest.raises(ResumeError, match=message) as info:
+            load_checkpoint(tmp_path)
+        assert "\n" not in str(info.value)
+    with path.open("wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ResumeError, match=r"not a checkpoint \(a single array, not an \.npz"):
+        load_checkpoint(tmp_path)
+
+
+def test_results_rows_that_are_not_rows_are_skipped_with_one_line_each(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "fit.jsonl").write_bytes(
+        b'{"round": 1, "client": 0}\n'      # kept
+        b'{"round": "x", "client": 0}\n'    # a round that is not an integer
+        b'\xff\xfe\n'                       # not UTF-8
+        b'[1, 2]\n'                         # not an object
+        b'{"round": 2, "client": 1}\n'      # kept
+        b'{"round": 3, "cl')                # torn
+    with caplog.at_level("WARNING"):
+        assert read_jsonl(tmp_path / "fit.jsonl") == [{"round": 1, "client": 0},
+                                                      {"round": 2, "client": 1}]
+    assert [r.getMessage() for r in caplog.records] == [
+        "fit.jsonl line 2: 'round' is 'x': skipped", "fit.jsonl line 3: not UTF-8 text: skipped",
+        "fit.jsonl line 4: not a JSON object (list): skipped",
+        "fit.jsonl line 6: not JSON (a torn line?): skipped"]
+    assert drop_rows_after(tmp_path, 1) == 5
+    assert read_jsonl(tmp_path / "fit.jsonl") == [{"round": 1, "client": 0}]

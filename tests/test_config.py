@@ -19,6 +19,7 @@ from fl_shadow.config import (
     load_config_dict,
     parse_overrides,
     parse_settings,
+    parse_yaml,
     settings,
 )
 from fl_shadow.errors import ConfigError
@@ -254,3 +255,20 @@ def test_bad_overrides_name_the_key(override: str, message: str) -> None:
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "train:\nstrategy:\n  flower_dp:\n"))
     assert config.train == ExperimentConfig().train
+
+
+def test_yaml_reads_exponents_without_a_dot_as_numbers() -> None:
+    """YAML 1.1 (PyYAML) reads ``1e-5`` as text; the loader reads it as YAML 1.2 does."""
+    assert parse_yaml("lr: 1e-5\nbig: -2E3\nword: 1e\n", "t") == {"lr": 1e-5, "big": -2000.0,
+                                                                    "word": "1e"}
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001
+    with pytest.raises(ConfigError, match=r"^train\.lr: expected a finite number, got inf$"):
+        load_config(None, ["train.lr=1e309"])
+
+
+def test_error_messages_stay_one_line_whatever_they_quote() -> None:
+    from fl_shadow.errors import DataError
+
+    error = DataError("/data/class\nname/x.png: not a readable image\x00")
+    assert str(error) == "/data/class\\nname/x.png: not a readable image\\x00"
+    assert isinstance(error, ConfigError) and isinstance(error, ValueError)

@@ -135,8 +135,8 @@ class _MaskRecorder(Soteria):
         super().__init__(SoteriaParams(pruning_rate=60.0))
         self.masks: list[torch.Tensor] = []
 
-    def feature_mask(self, model, x):  # type: ignore[no-untyped-def]
-        mask = super().feature_mask(model, x)
+    def feature_mask(self, model, x, generator=None):  # type: ignore[no-untyped-def]
+        mask = super().feature_mask(model, x, generator)
         self.masks.append(mask)
         return mask
 
@@ -152,3 +152,30 @@ def test_one_local_step_update_has_zero_columns_for_pruned_features() -> None:
     delta = model.fc.weight.detach() - before
     assert not delta[:, mask == 0].any()
     assert delta[:, mask == 1].any()
+
+
+def test_the_sketch_prunes_almost_the_same_features_much_faster() -> None:
+    import time
+
+    from fl_shadow.defenses.sparsification import percentile
+
+    torch.manual_seed(0)
+    model = build_model("convnet", in_channels=1, num_classes=3, image_size=16, width=8)
+    x = torch.randn(8, 1, 16, 16)
+    start = time.perf_counter()
+    exact = representation_scores(model, x, eps=0.1)
+    exact_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    sketch = representation_scores(model, x, eps=0.1, probes=64,
+                                   generator=torch.Generator().manual_seed(1))
+    sketch_seconds = time.perf_counter() - start
+    pruned_exact = exact < percentile(exact, 60)
+    pruned_sketch = sketch < percentile(sketch, 60)
+    overlap = float((pruned_exact & pruned_sketch).sum() / pruned_exact.sum())
+    assert overlap >= 0.9
+    # 64 probes instead of 256 pixels per image (the speed-up grows with the image).
+    assert sketch_seconds < exact_seconds
+    with pytest.raises(ValueError, match="need a generator"):
+        representation_scores(model, x, eps=0.1, probes=4)
+    defense = build_defense("soteria", {"jacobian": "sketch", "probes": 16})
+    assert "sketch of 16 probes" in defense.summary()

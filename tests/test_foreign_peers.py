@@ -2,7 +2,8 @@
 
 Each case sends the ClientApp (:data:`fl_shadow.apps.client_app.app`, its mods included) the
 message such a server sends, through the same proxy the in-process driver uses; the error the
-server receives is the client's own, in one line, saying what it needs.
+server receives is the client's own, in one line, saying what it needs (the reason of the error
+reply ``clients.protocol.one_line_errors_mod`` sends: ``client <id>: <Type>: <message>``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fl_shadow import flower_keys as keys
 from fl_shadow.apps.federation import Federation
 from fl_shadow.apps.inprocess import ClientFailure, InProcessClientProxy
 from fl_shadow.config import load_config
-from fl_shadow.errors import ProtocolError
+from fl_shadow.report import failure_reason
 
 CONFIG = load_config(None, ["data.image_size=8", "model.width=4", "train.device=cpu",
                             "partition.num_clients=2", "partition.sizes=[2, 4]",
@@ -45,7 +46,8 @@ def round_config(**extra: object) -> dict[str, object]:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc)
+    """The reason the server records for the failure (the client's own line)."""
+    text = failure_reason(exc)
     assert "\n" not in text and "Traceback" not in text
     return text
 
@@ -59,8 +61,8 @@ def test_a_server_that_sends_no_experiment_is_told_what_it_needs() -> None:
     config = {keys.SERVER_ROUND: 1, keys.NUM_ROUNDS: 3}
     with pytest.raises(ClientFailure) as info:
         node().fit(FitIns(ndarrays_to_parameters(weights()), config), None, 1)
-    assert one_line(info.value).startswith("ProtocolError: the server sent no 'experiment' in "
-                                           "the fit config")
+    assert one_line(info.value).startswith("client 0: ProtocolError: the server sent no "
+                                           "'experiment' in the fit config")
 
 
 def test_a_server_that_sends_no_weights_is_told_to_send_them() -> None:
@@ -94,8 +96,8 @@ def test_an_invalid_experiment_is_one_line() -> None:
     config = round_config(**{keys.EXPERIMENT: "train: {lr: -1}\n"})
     with pytest.raises(ClientFailure) as info:
         node().fit(FitIns(ndarrays_to_parameters(weights()), config), None, 1)
-    assert one_line(info.value) == ("ProtocolError: the server's experiment config is not valid "
-                                    "here: train.lr: expected a number > 0, got -1")
+    assert one_line(info.value) == ("client 0: ProtocolError: the server's experiment config is "
+                                    "not valid here: train.lr: expected a number > 0, got -1")
 
 
 def test_a_message_api_strategy_is_told_this_app_speaks_the_legacy_protocol() -> None:
@@ -108,7 +110,9 @@ def test_a_message_api_strategy_is_told_this_app_speaks_the_legacy_protocol() ->
     context = Context(run_id=1, node_id=7, node_config={keys.NODE_PARTITION_ID: 0,
                                                         keys.NODE_NUM_PARTITIONS: 2},
                       state=RecordDict(), run_config={})
-    with pytest.raises(ProtocolError, match=r"a Message-API strategy \(flwr\.serverapp\."
-                                            r"strategy\) cannot drive it") as info:
-        client_app.app(msg, context)
-    assert "records ['arrays', 'config']" in one_line(info.value)
+    reply = client_app.app(msg, context)
+    assert reply.has_error()
+    reason = str(reply.error.reason)
+    assert reason.startswith("client 0: ProtocolError: this ClientApp runs NumPyClient clients")
+    assert "a Message-API strategy (flwr.serverapp.strategy) cannot drive it" in reason
+    assert "records ['arrays', 'config']" in reason and "\n" not in reason

@@ -176,3 +176,28 @@ def test_cli_pretrains_into_the_cache_and_knows_who_needs_a_generator(tmp_path) 
     assert resolve_components(load_config(None, ["defense.name=shadow"])).needs_generator
     assert not resolve_components(load_config(None, ["defense.name=dp"])).needs_generator
     assert resolve_components(load_config(None, ["attack.name=ggl"])).needs_generator
+
+
+def test_latent_fits_are_memoized_bit_for_bit(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fl_shadow.generative.inversion import LATENT_CACHE_ENV
+
+    torch.manual_seed(0)
+    gen = ImageGenerator(latent_dim=8, image_size=8, channels=1, max_channels=16,
+                         min_channels=8).eval()
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain_rng = torch.Generator().manual_seed(7)
+    plain = fit_latents(gen, images, iterations=20, rng=plain_rng)
+    after_plain = plain_rng.initial_seed(), torch.rand(1, generator=plain_rng)
+    monkeypatch.setenv(LATENT_CACHE_ENV, str(tmp_path))
+    fits = []
+    for _ in range(2):  # the first writes the cache, the second reads it
+        rng = torch.Generator().manual_seed(7)
+        fits.append((fit_latents(gen, images, iterations=20, rng=rng), torch.rand(1,
+                                                                                 generator=rng)))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    for fit, next_draw in fits:
+        assert torch.equal(fit.latents, plain.latents) and torch.equal(fit.mse, plain.mse)
+        assert fit.iterations == plain.iterations
+        assert torch.equal(next_draw, after_plain[1])  # rng left where the real fit left it
+    other = fit_latents(gen, images, iterations=21, rng=torch.Generator().manual_seed(7))
+    assert len(list(tmp_path.glob("*.pt"))) == 2 and other.iterations != 0

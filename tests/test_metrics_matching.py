@@ -79,10 +79,12 @@ def test_privacy_metrics_on_perfect_permuted_reconstruction(cache_dir):
     truth = _images(4, channels=3, size=32)
     recon = truth[[2, 3, 0, 1]]
     result = metrics.privacy_metrics(recon, truth, cache_dir=cache_dir)
-    assert set(result) == {"psnr", "ssim", "lpips", "num_matched"}
+    assert set(result) == {"psnr", "ssim", "lpips", "psnr_affine", "ssim_affine", "ncc",
+                           "num_matched"}
     assert all(isinstance(v, float) for v in result.values())
-    assert result == pytest.approx({"psnr": 100.0, "ssim": 1.0, "lpips": 0.0, "num_matched": 4.0},
-                                   abs=1e-5)
+    assert result == pytest.approx({"psnr": 100.0, "ssim": 1.0, "lpips": 0.0,
+                                    "psnr_affine": 100.0, "ssim_affine": 1.0, "ncc": 1.0,
+                                    "num_matched": 4.0}, abs=1e-5)
 
 
 def test_all_metrics_use_the_one_mse_matching(cache_dir):

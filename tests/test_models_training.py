@@ -89,3 +89,18 @@ def test_feature_head_split_reproduces_forward(name: str, size: int) -> None:
     model(x)
     handle.remove()
     torch.testing.assert_close(captured[0], features)
+
+
+def test_parameter_count_is_known_before_anything_is_allocated() -> None:
+    """ConvNet, 1 channel, 6 classes, 16 px, width 4, BatchNorm: conv 4*1*9 + BN 4*4+1, conv
+    8*4*9 + BN 8*4+1, conv 16*8*9 + BN 16*4+1, fc 16*4*4*6 + 6 (the meta device counts it)."""
+    from fl_shadow.models import MODELS
+
+    expected = 36 + 17 + 288 + 33 + 1152 + 65 + 1542
+    spec = MODELS.get("convnet")
+    assert spec.parameter_count(in_channels=1, num_classes=6, image_size=16, width=4) == expected
+    model = build_model("convnet", in_channels=1, num_classes=6, image_size=16, width=4)
+    assert sum(t.numel() for t in model.state_dict().values()) == expected
+    # Width 1024 at 1024 px: 1.7 billion weights, counted without allocating 6.8 GB.
+    assert spec.parameter_count(in_channels=1, num_classes=6, image_size=1024,
+                                width=1024) > 1.7e9

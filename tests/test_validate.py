@@ -44,3 +44,61 @@ def test_the_shipped_default_validates(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("default: ok (strategy FedAvg")
+
+
+# ---- the machine's memory, before anything is allocated -----------------------------------------
+TINY = ["data.image_size=16", "partition.num_clients=2", "partition.sizes=[2, 6]",
+        "partition.batch_sizes=[1]", "strategy.min_fit_clients=2",
+        "strategy.min_available_clients=2", "attack.name=none", "model.width=4"]
+
+
+def test_a_dataset_larger_than_the_free_memory_is_refused_before_it_loads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,518 offline images of 1 x 16 x 16: 2,518 * 256 * 4 B of floats and 2,518 * 256 B of
+    uint8 arrays = 3,223,040 B = 3.07 MiB, against 3 MiB free."""
+    import fl_shadow.apps.experiment as experiment
+
+    class Loading(Exception):
+        """The dataset started to load."""
+
+    def load_dataset(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise Loading
+
+    monkeypatch.setattr(experiment, "available_memory_bytes", lambda: 3 * 2**20)
+    monkeypatch.setattr(experiment, "load_dataset", load_dataset)
+    with pytest.raises(ConfigError) as info:  # refused before anything loads
+        load_experiment(None, TINY)
+    assert str(info.value) == (
+        "data: the dataset needs about 3.1 MiB in memory (2,518 images of 1 x 16 x 16 float32), "
+        "more than the 3.0 MiB this machine has available (MemAvailable); lower "
+        "data.image_size or data.channels, or use fewer images")
+    monkeypatch.setattr(experiment, "available_memory_bytes", lambda: 3_223_040)  # just enough
+    with pytest.raises(Loading):
+        load_experiment(None, TINY)
+    monkeypatch.setattr(experiment, "available_memory_bytes", lambda: None)  # unknown: no check
+    with pytest.raises(Loading):
+        load_experiment(None, TINY)
+
+
+def test_a_model_larger_than_the_free_memory_is_refused_before_it_is_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The width-4 ConvNet at 16 px (3,133 weights, see test_models_training) needs
+    3,133 * 4 B * 4 copies = 50,128 B; with 3.2 MB free the data fits and the model does not
+    (the check counts it on the meta device)."""
+    import fl_shadow.apps.experiment as experiment
+
+    free = iter([2**23, 40_000])  # before loading the data, then after
+    monkeypatch.setattr(experiment, "available_memory_bytes", lambda: next(free))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(None, TINY)
+    assert str(info.value) == (
+        "model: convnet at 16 px (model.width 4) has 3,133 weights, about 49.0 KiB for "
+        "training (4 float32 copies), more than the 39.1 KiB this machine has available "
+        "(MemAvailable); lower model.width or data.image_size")
+
+
+def test_available_memory_is_read_from_the_kernel() -> None:
+    from fl_shadow.apps.experiment import available_memory_bytes
+
+    free = available_memory_bytes()
+    assert free is None or 0 < free < 2**50

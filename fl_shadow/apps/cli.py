@@ -16,12 +16,17 @@ pretrains the public-data generator when the defense or attack needs one and no 
 checkpoint exists (with a progress bar, once, before the clients start), sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
 launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
 finally checks the run's own outcome (``status.json``), because ``flwr run --stream`` exits 0
-even when the ServerApp fails.
+even when the ServerApp fails: exit 0 when it says ``completed``, else exit 1 with the run's
+state and its one-line cause (``failed``: the cause; ``stopped``: ``flwr stop`` or a signal).
+The working directory is the run's project folder: the relative ``--run-dir`` and the config's
+relative paths resolve against it, here and in the ServerApp (run config ``project-dir``).
 
-``resume`` checks the folder first (one line, exit 2: no checkpoint, run already completed,
-config changed, or a defense whose client state a new federation would lose, which
-``--allow-client-state-loss`` accepts), then launches the same federation with the run config's
-``resume = true``: the server continues from the last completed round (:mod:`fl_shadow.checkpoint`).
+``resume`` checks the folder first (one line, exit 2: no checkpoint, a damaged one, one that
+does not fit the experiment's rounds, model or strategy, run already completed, config changed,
+or a defense whose client state a new federation would lose, which
+``--allow-client-state-loss`` accepts), before anything in the folder is touched, then
+launches the same federation with the run config's ``resume = true``: the server continues
+from the last completed round (:mod:`fl_shadow.checkpoint`).
 """
 
 from __future__ import annotations
@@ -36,13 +41,16 @@ import tempfile
 from pathlib import Path
 
 from fl_shadow import flower_keys as keys
+from fl_shadow.apps import sweep as sweeps
 from fl_shadow.apps.experiment import check_experiment, load_experiment
+from fl_shadow.apps.federation import Federation
 from fl_shadow.checkpoint import keeps_client_state, prepare_resume
 from fl_shadow.config import DEFAULT_CONFIG, ExperimentConfig, resolve_config_path
 from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.generative.public import pretrained_generator
-from fl_shadow.report import new_run_dir
+from fl_shadow.report import check_writable_folder, new_run_dir
 from fl_shadow.training import resolve_device
+from fl_shadow.verdict_report import write_report
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
@@ -60,17 +68,24 @@ def _toml_string(value: str) -> str:
 
 def flwr_command(config_path: Path, overrides: list[str], run_dir: Path, *,
                  num_clients: int, cpus_per_client: float, gpus_per_client: float,
-                 run_config_file: Path, resume: bool = False) -> list[str]:
-    """The ``flwr run`` command line for this experiment (run config written to a TOML file)."""
+                 run_config_file: Path, resume: bool = False, project_dir: Path | None = None,
+                 app_dir: Path = APP_DIR) -> list[str]:
+    """The ``flwr run`` command line for this experiment (run config written to a TOML file).
+
+    ``project_dir`` (default: the working directory) is the folder the ServerApp resolves the
+    config's relative paths against (:mod:`fl_shadow.apps.server_app`).
+    """
+    project_dir = (project_dir or Path.cwd()).resolve()
     run_config_file.write_text(
         f"{keys.RUN_CONFIG_PATH} = {_toml_string(str(config_path.resolve()))}\n"
         f"{keys.RUN_OVERRIDES} = {_toml_string('; '.join(overrides))}\n"
         f"{keys.RUN_DIR} = {_toml_string(str(run_dir.resolve()))}\n"
-        f"{keys.RUN_RESUME} = {'true' if resume else 'false'}\n")
+        f"{keys.RUN_RESUME} = {'true' if resume else 'false'}\n"
+        f"{keys.RUN_PROJECT_DIR} = {_toml_string(str(project_dir))}\n")
     cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else cpus_per_client
     federation = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus} "
                   f"client-resources-num-gpus={float(gpus_per_client)}")
-    return ["flwr", "run", str(APP_DIR), "--stream", "--run-config", str(run_config_file),
+    return ["flwr", "run", str(app_dir), "--stream", "--run-config", str(run_config_file),
             "--federation-config", federation]
 
 
@@ -92,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
     run_dir = (Path(args.run_dir) if args.run_dir
                else new_run_dir(config.output_dir, config.name)).resolve()
+    check_writable_folder(run_dir, "--run-dir")
     print(f"fl-shadow: running {config.name!r} -> {run_dir}", flush=True)
     return _launch(config, config_path, args.set, run_dir, resume=False)
 
@@ -109,6 +125,7 @@ def resume(args: argparse.Namespace) -> int:
         print(f"fl-shadow: warning: {config.defense.name}'s client state is lost; the resumed "
               "rounds will differ from an uninterrupted run", file=sys.stderr, flush=True)
     components = check_experiment(config)
+    Federation(config, components).check_checkpoint(checkpoint)
     if components.needs_generator:
         print(f"fl-shadow: generator {pretrain_generator(config)}", flush=True)
     print(f"fl-shadow: resuming {config.name!r} after round {checkpoint.server_round}/"
@@ -117,8 +134,11 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def _launch(config: ExperimentConfig, config_path: Path, overrides: list[str], run_dir: Path,
-            *, resume: bool) -> int:
-    """Run ``flwr run`` for the experiment; 0 when its ``status.json`` says completed."""
+            *, resume: bool, app_dir: Path = APP_DIR) -> int:
+    """Run ``flwr run`` for the experiment; 0 when its ``status.json`` says completed.
+
+    ``app_dir``: the Flower app to run (this project; tests pass an app around it).
+    """
     # `flwr` and the `flower-superlink` it starts live next to this interpreter; make them
     # findable when the environment is not activated (e.g. `.venv/bin/fl-shadow run`).
     bin_dir = str(Path(sys.executable).parent)
@@ -129,7 +149,8 @@ def _launch(config: ExperimentConfig, config_path: Path, overrides: list[str], r
                            num_clients=config.partition.num_clients,
                            cpus_per_client=config.simulation.num_cpus_per_client,
                            gpus_per_client=config.simulation.num_gpus_per_client,
-                           run_config_file=Path(tmp) / "run_config.toml", resume=resume)
+                           run_config_file=Path(tmp) / "run_config.toml", resume=resume,
+                           app_dir=app_dir)
         proc = subprocess.run(cmd, env=env, check=False)
     status_file = run_dir / "status.json"
     status = json.loads(status_file.read_text()) if status_file.exists() else {"state": "missing"}
@@ -142,6 +163,31 @@ def _launch(config: ExperimentConfig, config_path: Path, overrides: list[str], r
     print(f"fl-shadow: results in {run_dir}")
     if resume:
         print(f"fl-shadow: resumed after round(s) {status.get('resumed_after')}")
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """``fl-shadow sweep``: plan (checking every cell), run what is not done, report."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("flwr", "fl_shadow.report", "fl_shadow.apps.inprocess"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    spec, spec_dir = sweeps.load_sweep(args.spec)
+    out = Path(args.out or Path("results") / "sweeps" / spec.name).resolve()
+    if not args.report_only:
+        cells = sweeps.plan(spec, spec_dir)
+        attacks = sum(len(c.attacks) for c in cells)
+        print(f"fl-shadow: sweep {spec.name!r}: {len(cells)} federation cells, {attacks} "
+              f"attack runs -> {out}", flush=True)
+        if args.plan:
+            for cell in cells:
+                print(f"  {cell.name}: {', '.join(a.label for a in cell.attacks)}"
+                      + "".join(f" (skips {label}: {why})" for label, why in cell.skipped))
+            return 0
+        for _ in sweeps.run_sweep(spec, cells, out, jobs=args.jobs or spec.jobs,
+                                  engine=args.engine):
+            pass
+    files = write_report(out, reference=spec.reference)
+    print(f"fl-shadow: report {files.html}", flush=True)
     return 0
 
 
@@ -160,6 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a config key, e.g. --set train.rounds=5 (repeatable)")
         if name == "run":
             p.add_argument("--run-dir", help="results folder (default: a new timestamped one)")
+    p = sub.add_parser("sweep", help="run a sweep (defenses x strengths x attacks x seeds) and "
+                       "write its report; resumes where a killed sweep stopped")
+    p.add_argument("spec", metavar="SPEC", help="sweep spec YAML (e.g. "
+                   "experiments/configs/sweeps/cpu.yaml)")
+    p.add_argument("--out", help="results folder (default: results/sweeps/<spec name>)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: the spec's)")
+    p.add_argument("--engine", choices=("inprocess", "flwr"),
+                   help="in-process replay (default) or a real fl-shadow run per cell")
+    p.add_argument("--plan", action="store_true", help="check the spec and list its cells")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the records already in --out")
     p = sub.add_parser("resume", help="continue a killed or failed run from its last completed "
                        "round (its folder's config.yaml and checkpoint.npz)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of the interrupted run")
@@ -172,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)
         if args.command == "resume":
             return resume(args)
+        if args.command == "sweep":
+            return sweep(args)
         path = config_path_of(args.config)
         if args.command == "show-config":
             config, _ = load_experiment(path, args.set, data=False)

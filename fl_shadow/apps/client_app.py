@@ -7,6 +7,9 @@ the simulation and deployment node configs).
 
 Mods, outermost first:
 
+* :func:`clients.protocol.one_line_errors_mod`: whatever the client raises goes back to the
+  server as an error reply whose reason is one line, ``client <id>: <Type>: <message>`` (the
+  traceback stays in the client's log), in simulation and deployment alike;
 * :func:`clients.protocol.legacy_protocol_mod`: a message this NumPyClient app cannot serve (a
   Message-API strategy's, or one without the experiment) is answered with one line saying what
   the server must send (README: "Message protocol");
@@ -25,7 +28,7 @@ from flwr.clientapp import ClientApp
 
 from clients.defended import DefendedClient
 from clients.flower_dp_mods import flower_dp_mod
-from clients.protocol import legacy_protocol_mod
+from clients.protocol import legacy_protocol_mod, one_line_errors_mod
 from fl_shadow import flower_keys as keys
 from fl_shadow.apps.federation import federation_of
 from fl_shadow.errors import ProtocolError
@@ -69,4 +72,7 @@ def client_fn(context: Context) -> Client:
     return ExperimentClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn, mods=[legacy_protocol_mod, flower_dp_mod])
+#: The mods every node runs, outermost first (see the module docstring).
+MODS = [one_line_errors_mod, legacy_protocol_mod, flower_dp_mod]
+
+app = ClientApp(client_fn=client_fn, mods=MODS)

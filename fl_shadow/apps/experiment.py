@@ -11,9 +11,13 @@ every experiment script call: the YAML (with its ``base:`` chain and the overrid
   ``DefenseSpec.check``, the attack's threat-model needs against ``attack.labels`` and
   ``attack.bn_statistics``, ``attack.max_images`` against the attack's ceiling);
 * the machine: ``train.device: cuda`` and GPU shares need CUDA, CPU shares at most its cores;
-* the data (``data=True``): ``data.path`` exists and is the kind the dataset reads, the
-  dataset loads, the partition fits it (every client's share exists), the test split is not
-  empty, and a generative component has public images to learn from.
+  ``output_dir`` is (or can become) a writable folder;
+* the data (``data=True``): ``data.path`` exists and is the kind the dataset reads; the
+  dataset's memory (``images x channels x image_size**2`` float32, estimated from its files
+  before anything loads) and the model's weights (counted on PyTorch's meta device) fit in
+  the machine's available memory; the dataset loads, its test split is not empty, the
+  partition fits it (every client's share exists), and a generative component has public
+  images to learn from.
 
 Every failure is one :class:`~fl_shadow.errors.ConfigError` line naming the dotted key. The
 result, :class:`Components`, holds the specs and the validated params, so the federation
@@ -41,6 +45,7 @@ from fl_shadow.data import DATASETS, DatasetSpec, load_dataset, partition_indice
 from fl_shadow.defenses import DEFENSES, DefenseSpec
 from fl_shadow.errors import ConfigError, DataError
 from fl_shadow.models import MODELS, ModelSpec
+from fl_shadow.report import check_writable_folder, one_line
 from fl_shadow.threat_model import ThreatModelNeeds
 from strategies import STRATEGIES, StrategySpec
 
@@ -131,6 +136,7 @@ def check_experiment(config: ExperimentConfig, *, data: bool = True) -> Componen
     c.defense.check(c.defense_params, config)
     _check_attack(config, c)
     _check_machine(config)
+    check_writable_folder(config.output_dir, "output_dir")
     if data:
         _check_data(config, c)
     return c
@@ -177,21 +183,55 @@ def _check_machine(config: ExperimentConfig) -> None:
                           f"{config.simulation.num_cpus_per_client:g}")
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this machine can give a new run now (``MemAvailable`` of /proc/meminfo); None
+    where the kernel does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest unit of GiB, MiB, KiB they fill (``3.1 MiB``)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def _check_data(config: ExperimentConfig, c: Components) -> None:
+    where = config.data.path or config.data.dataset
+    try:
+        need = c.dataset.memory(config.data) if c.dataset.memory is not None else None
+    except (ConfigError, DataError):
+        raise
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data: {where}: could not be read ({type(exc).__name__}: "
+                        f"{one_line(str(exc))})") from None
+    available = available_memory_bytes()
+    if need is not None and available is not None and need.bytes > available:
+        raise ConfigError(f"data: the dataset needs about {_size(need.bytes)} in memory "
+                          f"({need.describe()}), more than the {_size(available)} this machine "
+                          "has available (MemAvailable); lower data.image_size or "
+                          "data.channels, or use fewer images")
     try:
         splits = load_dataset(config.data, seed=config.seed)
     except (ConfigError, DataError):
         raise
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
-        where = config.data.path or config.data.dataset
         raise DataError(f"data: {where}: could not be loaded ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    # Every client's share of the train split exists (sizes vs the data, clients vs images).
-    partition_indices(splits.train.labels, config.partition, seed=config.seed)
+                        f"{one_line(str(exc))})") from None
+    _check_model_memory(config, c, splits)
     if len(splits.test) == 0:
         raise ConfigError(f"data: {config.data.dataset} has an empty test split, so the "
                           "global model cannot be evaluated (raise data.test_fraction or add "
                           "test images)")
+    # Every client's share of the train split exists (sizes vs the data, clients vs images).
+    partition_indices(splits.train.labels, config.partition, seed=config.seed)
     if len(splits.test) < 2 * splits.num_classes:
         warnings.warn(f"data: the test split holds {len(splits.test)} images for "
                       f"{splits.num_classes} classes; accuracy and macro-F1 will be coarse",
@@ -205,6 +245,27 @@ def _check_data(config: ExperimentConfig, c: Components) -> None:
         if public < FEW_PUBLIC_IMAGES:
             warnings.warn(f"data: the generator learns from {public} public images only; it "
                           "will reproduce them rather than the domain", stacklevel=3)
+
+
+#: Copies of the model's numbers a run holds at once: the global model, a client's model,
+#: its gradient and its optimizer's state (activations come on top and are not counted).
+MODEL_COPIES = 4
+
+
+def _check_model_memory(config: ExperimentConfig, c: Components, splits: Any) -> None:
+    """Refuse a model whose weights alone would not fit, before any is allocated."""
+    m = config.model
+    numbers = c.model.parameter_count(in_channels=splits.image_shape[0],
+                                      num_classes=splits.num_classes,
+                                      image_size=splits.image_shape[1], width=m.width,
+                                      norm=m.norm)
+    need, available = numbers * 4 * MODEL_COPIES, available_memory_bytes()
+    if available is not None and need > available:
+        raise ConfigError(f"model: {m.name} at {splits.image_shape[1]} px (model.width "
+                          f"{m.width}) has {numbers:,} weights, about {_size(need)} for "
+                          f"training ({MODEL_COPIES} float32 copies), more than the "
+                          f"{_size(available)} this machine has available (MemAvailable); "
+                          "lower model.width or data.image_size")
 
 
 def _params_text(params: Any) -> str:

@@ -41,7 +41,7 @@ from fl_shadow.checkpoint import Checkpoint, config_digest
 from fl_shadow.config import ExperimentConfig, load_config_dict, parse_yaml
 from fl_shadow.data import DatasetSplits, client_dataset, load_dataset
 from fl_shadow.defenses import Defense, describe_defense
-from fl_shadow.errors import ConfigError, ProtocolError
+from fl_shadow.errors import ConfigError, ProtocolError, ResumeError
 from fl_shadow.generative import ImageGenerator
 from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.models import ModelArchitecture
@@ -130,6 +130,47 @@ class Federation:
     def state_keys(self) -> list[str]:
         """The model's ``state_dict`` keys, in the order parameters travel."""
         return list(self.architecture().state_dict())
+
+    def check_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Refuse a checkpoint this experiment cannot continue, before anything is touched.
+
+        It must close a round this run has left after it (``1 <= server_round < train.rounds``,
+        of a run of ``train.rounds``); its arrays must be the model's (count, and each array's
+        shape), and the strategy state
+        it carries must be the configured strategy's (the names of ``StrategySpec.
+        server_state``, each null or one array per model array, of its shape). The file's own
+        consistency is :func:`fl_shadow.checkpoint.load_checkpoint`'s.
+
+        Raises:
+            ResumeError: naming the array or state at fault.
+        """
+        rounds = self.config.train.rounds
+        what = f"the checkpoint of round {checkpoint.server_round}"
+        if checkpoint.num_rounds != rounds or not 1 <= checkpoint.server_round < rounds:
+            raise ResumeError(f"{what} of {checkpoint.num_rounds} does not continue a run of "
+                              f"train.rounds={rounds} (rounds 1..{rounds - 1} can be resumed)")
+        expected = {k: tuple(v.shape) for k, v in self.architecture().state_dict().items()}
+        shapes = list(expected.values())
+        if len(checkpoint.arrays) != len(shapes):
+            raise ResumeError(f"{what} holds {len(checkpoint.arrays)} arrays, the model "
+                              f"({self.config.model.name}) has {len(shapes)}: not this "
+                              "experiment's model")
+        for name, shape, array in zip(expected, shapes, checkpoint.arrays, strict=True):
+            if tuple(array.shape) != shape:
+                raise ResumeError(f"{what}: {name} has shape {tuple(array.shape)}, the model's "
+                                  f"has {shape}")
+        names = set(self.components.strategy.server_state)
+        if checkpoint.strategy_state and set(checkpoint.strategy_state) != names:
+            raise ResumeError(f"{what} carries strategy state "
+                              f"{sorted(checkpoint.strategy_state)}, strategy "
+                              f"{self.config.strategy.name} keeps {sorted(names) or 'none'}")
+        for state, value in checkpoint.strategy_state.items():
+            if value is None:
+                continue
+            if len(value) != len(shapes) or any(tuple(a.shape) != s
+                                                for a, s in zip(value, shapes)):
+                raise ResumeError(f"{what}: strategy state {state} does not match the model's "
+                                  "arrays (count or shapes)")
 
     def round_config(self, server_round: int) -> dict[str, Scalar]:
         """What every client's fit and evaluate config carries (:mod:`fl_shadow.flower_keys`)."""
@@ -246,7 +287,8 @@ class Federation:
                                                 mean=s.mean, std=s.std, seed=self.config.seed)
                      if len(s.public) else None)
         return Scorer(s.train, model_factory=self.architecture, state_keys=self.state_keys,
-                      mean=s.mean, std=s.std, reference=reference)
+                      mean=s.mean, std=s.std, reference=reference,
+                      public=s.public.images if len(s.public) else None)
 
     def evaluate_fn(self) -> EvaluateFn:
         """Central evaluation of a global model on the test split: loss, accuracy, macro-F1."""
@@ -280,12 +322,15 @@ class Federation:
             run_dir: the results folder (created; with ``resume``, continued).
             resume: continue an interrupted run from this checkpoint: its weights are the
                 initial parameters, its strategy state and random states are restored, and
-                rounds are numbered from ``resume.server_round + 1``.
+                rounds are numbered from ``resume.server_round + 1``; it is checked first
+            (:meth:`check_checkpoint`).
             attack: the attack to run (default: the configured one).
             tap: sees every accepted update before aggregation (see
                 :class:`~strategies.curious.UpdateObserver`).
         """
         config, c = self.config, self.components
+        if resume is not None:
+            self.check_checkpoint(resume)  # before the recorder drops the unfinished rows
         torch.manual_seed(config.seed)
         clock = RoundClock(config.train.rounds,
                            resume.server_round if resume is not None else 0)
@@ -318,7 +363,8 @@ class Federation:
             checkpointer=Checkpointer(config_sha256=config_digest(self.experiment_yaml),
                                       server_state=c.strategy.server_state),
             min_fit_clients=s.min_fit_clients, min_available_clients=s.min_available_clients,
-            wait_for_clients_s=s.wait_for_clients_s, federated_evaluation=federated_evaluation,
+            wait_for_clients_s=s.wait_for_clients_s, num_clients=n,
+            federated_evaluation=federated_evaluation,
             resume_rng=resume.rng if resume is not None else None)
 
 

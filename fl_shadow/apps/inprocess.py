@@ -53,8 +53,14 @@ log = logging.getLogger(__name__)
 NODE_ID_BASE = 1000
 
 
-class ClientFailure(RuntimeError):
-    """A client's own error, as one line ``Type: message`` (what a failure row records)."""
+class ClientFailure(ValueError):
+    """A node's error reply, raised as Flower's legacy proxy raises it (the same text, so that
+    :func:`fl_shadow.report.describe_failure` reads both alike)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Message contains an Error (reason: {reason}). It originated during "
+                         "client-side execution of a message.")
+        self.reason = reason
 
 
 @contextlib.contextmanager
@@ -100,11 +106,10 @@ class InProcessClientProxy(GridClientProxy):
         with torch_threads(self.client_threads):
             try:
                 reply = self.app(message, self.context)
-            except Exception as exc:  # the client's own error, as the server would see it
-                lines = [line for line in str(exc).splitlines() if line.strip()]
-                raise ClientFailure(f"{type(exc).__name__}: {' '.join(lines)}") from exc
+            except Exception as exc:  # a ClientApp without the errors mod: Flower's own reason
+                raise ClientFailure(f"{type(exc)}:<'{exc}'>") from exc
         if reply.has_error():
-            raise ClientFailure(f"client node {self.node_id}: {reply.error.reason}")
+            raise ClientFailure(str(reply.error.reason))
         return reply.content
 
 

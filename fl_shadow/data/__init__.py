@@ -38,13 +38,40 @@ from fl_shadow.data.partition import (client_dataset, dirichlet_partition, iid_p
                                       partition_indices, sizes_partition)
 from fl_shadow.registry import Registry
 
-__all__ = ["DATASETS", "DatasetLoader", "DatasetSpec", "DatasetSplits", "ImageSet", "cache_dir",
+__all__ = ["DATASETS", "DatasetLoader", "DatasetSpec", "DatasetSplits", "ImageSet", "MemoryNeed",
+           "cache_dir",
            "client_dataset", "denormalize", "dirichlet_partition", "iid_partition",
            "load_dataset", "normalize", "partition_indices", "sizes_partition"]
 
 DatasetLoader = Callable[..., DatasetSplits]
 """``loader(cfg: DataConfig, *, seed: int) -> DatasetSplits``."""
 
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What a dataset holds in memory once loaded (estimated before it is).
+
+    Attributes:
+        images: images of all splits.
+        channels, image_size: each image's ``channels x image_size x image_size``.
+        source_bytes: what the loader holds besides the float images (its uint8 arrays, a
+            file's arrays before resizing).
+    """
+
+    images: int
+    channels: int
+    image_size: int
+    source_bytes: int = 0
+
+    @property
+    def bytes(self) -> int:
+        """``images x channels x image_size**2 x 4`` (float32) plus :attr:`source_bytes`."""
+        return self.images * self.channels * self.image_size ** 2 * 4 + self.source_bytes
+
+    def describe(self) -> str:
+        return (f"{self.images:,} images of {self.channels} x {self.image_size} x "
+                f"{self.image_size} float32")
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,8 @@ class DatasetSpec:
             ``folder``.
         path_required: ``data.path`` must be set (a ``file`` dataset may download instead).
         suffixes: accepted file suffixes of a ``file`` path.
+        memory: ``memory(cfg) -> MemoryNeed`` without loading anything (None: unknown, e.g.
+            a file still to download), checked against the machine at load.
     """
 
     name: str
@@ -65,6 +94,7 @@ class DatasetSpec:
     path: Literal["none", "file", "folder"] = "none"
     path_required: bool = False
     suffixes: tuple[str, ...] = ()
+    memory: Callable[[DataConfig], MemoryNeed | None] | None = None
 
     def check_path(self, path: str | None) -> None:
         """Refuse a ``data.path`` of the wrong kind, before anything loads (at load)."""
@@ -91,10 +121,31 @@ class DatasetSpec:
                                   f"(the {self.name} dataset)")
 
 
+def _mni152_memory(cfg: DataConfig) -> MemoryNeed:
+    n = mni152.image_count(cfg)
+    return MemoryNeed(n, cfg.channels, cfg.image_size, source_bytes=n * cfg.image_size ** 2)
+
+
+def _medmnist_memory(cfg: DataConfig) -> MemoryNeed | None:
+    if not cfg.path:
+        return None  # downloaded at load (online), size unknown before
+    path = Path(cfg.path).expanduser()
+    return MemoryNeed(medmnist.image_count(path), cfg.channels, cfg.image_size,
+                      source_bytes=medmnist.source_bytes(path))
+
+
+def _imagefolder_memory(cfg: DataConfig) -> MemoryNeed:
+    n = imagefolder.image_count(cfg)
+    return MemoryNeed(n, cfg.channels, cfg.image_size,
+                      source_bytes=n * cfg.channels * cfg.image_size ** 2)
+
+
 DATASETS: Registry[DatasetSpec] = Registry("dataset", config_key="data.dataset")
-DATASETS.add(DatasetSpec("mni152", mni152.load))
-DATASETS.add(DatasetSpec("medmnist", medmnist.load, path="file", suffixes=(".npz",)))
-DATASETS.add(DatasetSpec("imagefolder", imagefolder.load, path="folder", path_required=True))
+DATASETS.add(DatasetSpec("mni152", mni152.load, memory=_mni152_memory))
+DATASETS.add(DatasetSpec("medmnist", medmnist.load, path="file", suffixes=(".npz",),
+                         memory=_medmnist_memory))
+DATASETS.add(DatasetSpec("imagefolder", imagefolder.load, path="folder", path_required=True,
+                         memory=_imagefolder_memory))
 
 
 def load_dataset(cfg: DataConfig, *, seed: int) -> DatasetSplits:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +34,19 @@ import numpy as np
 from fl_shadow.config import DataConfig
 from fl_shadow.data.base import DatasetSplits
 from fl_shadow.data.cache import dataset_cache_path, load_arrays as load_cached, save_arrays
-from fl_shadow.data.splits import SPLITS, assemble_splits
+from fl_shadow.data.splits import SPLITS, assemble_splits, check_cached_splits
 from fl_shadow.data.transforms import center_crop_square, quantize, resize_images
 from fl_shadow.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "PUBLIC_FRACTION", "list_classes", "list_images", "load",
-           "load_arrays", "read_image", "stratified_split"]
+__all__ = ["IMAGE_SUFFIXES", "PUBLIC_FRACTION", "image_count", "list_classes", "list_images",
+           "load", "load_arrays", "read_image", "stratified_split"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 89_478_485
+"""Pillow's own default limit (``Image.MAX_IMAGE_PIXELS``): a file whose header claims more is
+refused unread (a few bytes can claim gigapixels)."""
 PUBLIC_FRACTION = 0.1
 SPLIT_SEED = 0
 VERSION = 1
@@ -78,8 +82,14 @@ def load_arrays(cfg: DataConfig) -> dict[str, np.ndarray]:
               "image_size": cfg.image_size, "channels": cfg.channels,
               "test_fraction": round(cfg.test_fraction, 6)}
     cache = dataset_cache_path(cfg.cache_dir, "imagefolder", params)
-    arrays = load_cached(cache)
-    if arrays is not None and "class_names" in arrays:
+    relative = {split: [str(p.relative_to(root)) for p in files[split]] for split in SPLITS}
+    count = sum(len(paths) for paths in relative.values())
+    longest = max((len(path) for paths in relative.values() for path in paths), default=1)
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    arrays = load_cached(cache, max_bytes=count * (int(np.prod(shape)) + 8 + 4 * longest)
+                         + 4 * longest * len(classes) + 65536,
+                         check=lambda a: _cache_problem(a, relative, classes, shape))
+    if arrays is not None:
         return arrays
     arrays = {"class_names": np.asarray(classes, dtype=str)}
     for split in SPLITS:
@@ -89,10 +99,38 @@ def load_arrays(cfg: DataConfig) -> dict[str, np.ndarray]:
             images[i] = read_image(path, channels=cfg.channels, image_size=cfg.image_size)
         arrays[f"{split}_images"] = images
         arrays[f"{split}_labels"] = np.asarray(labels[split], dtype=np.int64)
-        arrays[f"{split}_paths"] = np.asarray([str(p.relative_to(root)) for p in paths],
-                                              dtype=str).reshape(-1)
+        arrays[f"{split}_paths"] = np.asarray(relative[split], dtype=str).reshape(-1)
     save_arrays(cache, arrays)
     return arrays
+
+
+def image_count(cfg: DataConfig) -> int:
+    """How many images (all splits) the folder of ``cfg`` holds (listed, none decoded).
+
+    Raises:
+        DataError: the folder's layout is wrong (see :func:`load`).
+    """
+    if not cfg.path:
+        raise DataError("data.path: the imagefolder dataset needs a folder")
+    files, _, _ = _plan(Path(cfg.path).expanduser(), cfg.test_fraction)
+    return sum(len(paths) for paths in files.values())
+
+
+def _cache_problem(arrays: Mapping[str, np.ndarray], relative: Mapping[str, list[str]],
+                   classes: Sequence[str], shape: tuple[int, ...]) -> str | None:
+    """What is wrong with cached arrays of this folder (None: nothing): the splits' structure,
+    and the very files and classes the folder holds now."""
+    names = arrays.get("class_names")
+    if names is None or [str(c) for c in names.reshape(-1)] != list(classes):
+        return "its class names are not the folder's"
+    problem = check_cached_splits(arrays, image_shape=shape, num_classes=len(classes),
+                                  ids="paths")
+    if problem is not None:
+        return problem
+    for split in SPLITS:
+        if [str(p) for p in arrays[f"{split}_paths"]] != relative[split]:
+            return f"its {split} files are not the folder's"
+    return None
 
 
 def list_classes(folder: Path) -> list[str]:
@@ -144,30 +182,51 @@ def read_image(path: Path, *, channels: int, image_size: int) -> np.ndarray:
         uint8 ``(channels, image_size, image_size)``.
 
     Raises:
-        DataError: naming the file if it cannot be decoded.
+        DataError: naming the file if it cannot be decoded, or claims more than
+            :data:`MAX_IMAGE_PIXELS` pixels (checked from its header, before decoding).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft("L" if channels == 1 else "RGB", (2 * image_size, 2 * image_size))
-            image.load()
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                array = np.asarray(image, dtype=np.float32)
-                low, high = float(array.min()), float(array.max())
-                array = (array - low) / (high - low) if high > low else np.zeros_like(array)
-                array = array[..., None] if channels == 1 else np.repeat(array[..., None], 3, -1)
-            else:
-                converted = image.convert("L" if channels == 1 else "RGB")
-                array = np.asarray(converted, dtype=np.float32) / 255.0
-                if array.ndim == 2:
-                    array = array[..., None]
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            # Pillow warns, then refuses, past its own limit; a header's claim is refused here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            array = _decode(path, channels=channels, image_size=image_size)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: its header claims more than {MAX_IMAGE_PIXELS} pixels "
+                        f"({exc}); not decoded") from None
+    except Exception as exc:  # a damaged file raises whatever its decoder meets first
         raise DataError(f"{path}: not a readable image ({type(exc).__name__})") from None
     square = center_crop_square(array)                         # (L, L, C)
     chw = np.ascontiguousarray(square.transpose(2, 0, 1))[None]  # (1, C, L, L)
     return quantize(resize_images(chw, image_size))[0]
+
+
+def _decode(path: Path, *, channels: int, image_size: int) -> np.ndarray:
+    """The image as float32 ``(H, W, channels)`` in [0, 1] (what :func:`read_image` crops)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
+            raise DataError(f"{path}: its header claims {width} x {height} pixels (at most "
+                            f"{MAX_IMAGE_PIXELS} are decoded); not decoded")
+        if image.format == "JPEG":
+            image.draft("L" if channels == 1 else "RGB", (2 * image_size, 2 * image_size))
+        image.load()
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            array = np.asarray(image, dtype=np.float32)
+            low, high = float(array.min()), float(array.max())
+            array = (array - low) / (high - low) if high > low else np.zeros_like(array)
+            array = array[..., None] if channels == 1 else np.repeat(array[..., None], 3, -1)
+        else:
+            converted = image.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(converted, dtype=np.float32) / 255.0
+            if array.ndim == 2:
+                array = array[..., None]
+    return array
 
 
 def stratified_split(labels: Sequence[int], *, test_fraction: float,

@@ -20,7 +20,6 @@ import functools
 import importlib.util
 import logging
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 
 from fl_shadow.config import DataConfig
 from fl_shadow.data.base import DatasetSplits
-from fl_shadow.data.cache import cache_root
+from fl_shadow.data.cache import READ_ERRORS, cache_root, npz_shapes
 from fl_shadow.data.splits import assemble_splits
 from fl_shadow.data.transforms import quantize, resize_images
 from fl_shadow.errors import ConfigError, DataError
@@ -89,16 +88,24 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """
     if not path.is_file():
         raise DataError(f"{path}: MedMNIST file not found (data.path)")
+    shapes = npz_shapes(path)
+    if shapes is None:
+        raise DataError(f"{path}: not a readable .npz file (a MedMNIST file is a zip of .npy "
+                        "arrays)")
+    missing = [k for k in KEYS if k not in shapes]
+    if missing:
+        raise DataError(f"{path}: missing key {missing[0]!r} (a MedMNIST file has "
+                        f"{', '.join(KEYS)})")
+    for key in KEYS:  # from the headers: nothing of a wrong kind is read into memory
+        shape, dtype = shapes[key]
+        if key.endswith("_images") and dtype != np.uint8:
+            raise DataError(f"{path}: {key} must be uint8, got {dtype}")
+        if key.endswith("_labels") and dtype.kind not in "iu":
+            raise DataError(f"{path}: {key.split('_')[0]}_labels must be integers >= 0")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in KEYS if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing key {missing[0]!r} (a MedMNIST file has "
-                                f"{', '.join(KEYS)})")
             arrays = {k: np.asarray(npz[k]) for k in KEYS}
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (*READ_ERRORS, MemoryError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
     for split in ("train", "val", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -124,6 +131,20 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     if len(shapes) > 1:
         raise DataError(f"{path}: splits have different image shapes {sorted(shapes)}")
     return arrays
+
+
+def source_bytes(path: Path) -> int:
+    """Bytes of the file's image arrays once read (their headers say; 0 if unreadable)."""
+    shapes = npz_shapes(path) or {}
+    return sum(int(np.prod(shape)) * dtype.itemsize for key, (shape, dtype) in shapes.items()
+               if key.endswith("_images"))
+
+
+def image_count(path: Path) -> int:
+    """Images in the file's three splits (from the headers; 0 if unreadable)."""
+    shapes = npz_shapes(path) or {}
+    return sum(int(shape[0]) for key, (shape, _) in shapes.items()
+               if key.endswith("_images") and shape)
 
 
 def flag_from_filename(path: Path) -> str | None:

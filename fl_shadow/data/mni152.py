@@ -51,6 +51,7 @@ source-slice ids (``plane * 1000 + voxel index along the plane's axis``), see
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -62,13 +63,18 @@ import numpy as np
 
 from fl_shadow.config import DataConfig
 from fl_shadow.data.base import DatasetSplits
-from fl_shadow.data.cache import dataset_cache_path, load_arrays as load_cached, save_arrays
-from fl_shadow.data.splits import SPLITS, assemble_splits
+from fl_shadow.data.cache import (
+    dataset_cache_path,
+    npz_shapes,
+    save_arrays,
+)
+from fl_shadow.data.cache import load_arrays as load_cached
+from fl_shadow.data.splits import SPLITS, assemble_splits, check_cached_splits
 from fl_shadow.data.transforms import quantize, resize_images
 from fl_shadow.errors import DataError
 
-__all__ = ["CLASS_NAMES", "PLANES", "TEMPLATE_FILE", "build_arrays", "load", "load_arrays",
-           "source_plane_and_index", "template_path"]
+__all__ = ["CLASS_NAMES", "PLANES", "TEMPLATE_FILE", "build_arrays", "image_count", "load",
+           "load_arrays", "source_plane_and_index", "template_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +98,8 @@ MAX_ROTATION_DEG = 10.0
 SCALE_RANGE = (0.92, 1.08)
 MAX_SHIFT = 0.04
 MAX_GAMMA = 1.25
+MAX_IMAGES = 200_000
+"""More images than any test fraction gives (~52,000 at 0.99): a cache claiming more is not one."""
 _SOURCE_STRIDE = 1000
 _CODES = {"train": 0, "test": 1, "public": 2}
 _GUARD = -1
@@ -137,12 +145,13 @@ def load_arrays(cfg: DataConfig) -> dict[str, np.ndarray]:
         (0 = the unaugmented slice).
     """
     path = template_path()
-    params = {"version": VERSION, "image_size": cfg.image_size,
-              "test_fraction": round(cfg.test_fraction, 6), "template_bytes": path.stat().st_size}
-    cache = dataset_cache_path(cfg.cache_dir, "mni152", params)
-    arrays = load_cached(cache)
-    if arrays is not None and all(f"{s}_{k}" in arrays for s in SPLITS
-                                  for k in ("images", "labels", "sources", "variants")):
+    cache = _cache_path(cfg, path)
+    size = cfg.image_size
+    arrays = load_cached(cache, max_bytes=MAX_IMAGES * (size * size + 4 * 8) + 65536,
+                         check=lambda a: check_cached_splits(
+                             a, image_shape=(size, size), num_classes=len(CLASS_NAMES),
+                             ids="sources", extra=("variants",)))
+    if arrays is not None:
         logger.debug("mni152: loaded %s", cache)
         return arrays
     start = time.perf_counter()
@@ -173,28 +182,8 @@ def build_arrays(*, image_size: int, test_fraction: float,
     Returns:
         The arrays described in :func:`load_arrays`.
     """
-    volume = _read_volume(template or template_path())
-    slices: list[np.ndarray] = []    # per plane: (S, L, L) float32 cropped slices
-    sources: list[np.ndarray] = []   # per plane: (S,) source ids
-    labels: list[np.ndarray] = []
-    codes: list[np.ndarray] = []     # split code per source slice, _GUARD = dropped
-    for axis in range(3):
-        plane_slices, positions, levels = _plane_sources(volume, axis)
-        high = levels >= np.median(levels)
-        plane_labels = 2 * axis + high.astype(np.int64)
-        plane_codes = _assign_splits(plane_labels, test_fraction)
-        slices.append(plane_slices)
-        sources.append(axis * _SOURCE_STRIDE + positions)
-        labels.append(plane_labels)
-        codes.append(plane_codes)
-    all_labels, all_codes = np.concatenate(labels), np.concatenate(codes)
-    all_sources = np.concatenate(sources)
-
-    copies = np.zeros(len(CLASS_NAMES), dtype=np.int64)
-    for c in range(len(CLASS_NAMES)):
-        n_train = int(np.sum((all_labels == c) & (all_codes == _CODES["train"])))
-        copies[c] = math.ceil(TRAIN_IMAGES_PER_CLASS / max(n_train, 1))
-
+    slices, sources, labels, codes, copies = _plan(_read_volume(template or template_path()),
+                                                   test_fraction)
     arrays: dict[str, np.ndarray] = {}
     for split, code in _CODES.items():
         images, lab, src, var = [], [], [], []
@@ -218,9 +207,59 @@ def build_arrays(*, image_size: int, test_fraction: float,
     return arrays
 
 
+def image_count(cfg: DataConfig) -> int:
+    """How many images (all splits) the dataset of ``cfg`` holds, without building it: read
+    from the cached file's headers, else planned from the template (no slice is warped)."""
+    shapes = npz_shapes(_cache_path(cfg, template_path()))
+    if shapes is not None and all(f"{s}_labels" in shapes for s in SPLITS):
+        count = sum(int(np.prod(shapes[f"{s}_labels"][0])) for s in SPLITS)
+        if count <= MAX_IMAGES:
+            return count
+    return _planned_count(template_path(), round(cfg.test_fraction, 6))
+
+
 # --------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------
+def _cache_path(cfg: DataConfig, template: Path) -> Path:
+    params = {"version": VERSION, "image_size": cfg.image_size,
+              "test_fraction": round(cfg.test_fraction, 6),
+              "template_bytes": template.stat().st_size}
+    return dataset_cache_path(cfg.cache_dir, "mni152", params)
+
+
+@functools.lru_cache(maxsize=4)
+def _planned_count(template: Path, test_fraction: float) -> int:
+    _, _, labels, codes, copies = _plan(_read_volume(template), test_fraction)
+    return sum(int(copies[label]) for plane_labels, plane_codes in zip(labels, codes)
+               for label, code in zip(plane_labels, plane_codes) if code != _GUARD)
+
+
+def _plan(volume: np.ndarray, test_fraction: float
+          ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray],
+                     np.ndarray]:
+    """Per plane: the cropped source slices ``(S, L, L)``, their source ids, labels and split
+    codes (:data:`_GUARD` = dropped); and the copies each class's slices get."""
+    slices: list[np.ndarray] = []
+    sources: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    for axis in range(3):
+        plane_slices, positions, levels = _plane_sources(volume, axis)
+        high = levels >= np.median(levels)
+        plane_labels = 2 * axis + high.astype(np.int64)
+        slices.append(plane_slices)
+        sources.append(axis * _SOURCE_STRIDE + positions)
+        labels.append(plane_labels)
+        codes.append(_assign_splits(plane_labels, test_fraction))
+    all_labels, all_codes = np.concatenate(labels), np.concatenate(codes)
+    copies = np.zeros(len(CLASS_NAMES), dtype=np.int64)
+    for c in range(len(CLASS_NAMES)):
+        n_train = int(np.sum((all_labels == c) & (all_codes == _CODES["train"])))
+        copies[c] = math.ceil(TRAIN_IMAGES_PER_CLASS / max(n_train, 1))
+    return slices, sources, labels, codes, copies
+
+
 def _read_volume(path: Path) -> np.ndarray:
     """The template as float32 in [0, 1], shape (197, 233, 189) = (x, y, z), RAS."""
     import nibabel

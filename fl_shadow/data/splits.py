@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ import torch
 from fl_shadow.data.base import DatasetSplits, ImageSet
 from fl_shadow.data.transforms import to_channels
 
-__all__ = ["SPLITS", "STD_FLOOR", "assemble_splits", "channel_stats"]
+__all__ = ["SPLITS", "STD_FLOOR", "assemble_splits", "channel_stats", "check_cached_splits"]
 
 SPLITS = ("train", "test", "public")
 STD_FLOOR = 1e-3
@@ -54,3 +55,35 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     mean = flat.mean(dim=1)
     std = flat.std(dim=1, correction=0).clamp_min(STD_FLOOR)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def check_cached_splits(arrays: Mapping[str, np.ndarray], *, image_shape: tuple[int, ...],
+                        num_classes: int, ids: str, extra: Sequence[str] = ()) -> str | None:
+    """What is wrong with a loader's cached splits (None: nothing), before they are used.
+
+    Each split ``s`` of :data:`SPLITS` must have ``s_images`` uint8 ``(N, *image_shape)``,
+    ``s_labels`` integers ``(N,)`` in ``[0, num_classes)``, and ``s_<ids>`` plus every
+    ``s_<extra>`` of shape ``(N,)``; no id (a source slice, a file) may be in two splits, so
+    that the public split shares nothing with the clients' images or the test split.
+    """
+    seen: dict[Any, str] = {}
+    for split in SPLITS:
+        images, labels = arrays.get(f"{split}_images"), arrays.get(f"{split}_labels")
+        if images is None or labels is None:
+            return f"no {split}_images or {split}_labels"
+        if images.dtype != np.uint8 or tuple(images.shape[1:]) != tuple(image_shape):
+            return (f"{split}_images are {images.dtype} {tuple(images.shape)}, expected uint8 "
+                    f"(N, {', '.join(map(str, image_shape))})")
+        n = images.shape[0]
+        if labels.dtype.kind not in "iu" or labels.shape != (n,):
+            return f"{split}_labels are {labels.dtype} {labels.shape}, expected integers ({n},)"
+        if n and (labels.min() < 0 or labels.max() >= num_classes):
+            return f"{split}_labels outside 0..{num_classes - 1}"
+        for key in (ids, *extra):
+            values = arrays.get(f"{split}_{key}")
+            if values is None or values.shape != (n,):
+                return f"{split}_{key} missing or not ({n},)"
+        for value in np.unique(arrays[f"{split}_{ids}"]).tolist():
+            if seen.setdefault(value, split) != split:
+                return f"{ids} {value!r} is in both the {seen[value]} and the {split} split"
+    return None

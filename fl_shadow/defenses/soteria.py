@@ -39,17 +39,26 @@ Readings chosen:
 Cost: the Jacobian of ``r`` with respect to each image, per step: ``min(D, C*H*W)`` batched
 passes (``D`` = 8192 for the default ConvNet at 32 px, 512 for ResNet-18). The references run
 ``D`` reverse passes; forward mode gives the same numbers when the image is smaller than ``D``.
+That is 1,024 forward passes per image per step at 32 px: the 128-image client of the default
+took ~6 minutes per round on 2 cores.
+
+``jacobian: sketch`` (an option of this project, not of the paper) estimates the row norms
+instead: ``||J_f||^2 = E[(J v)_f^2]`` for random sign vectors ``v`` (Hutchinson), with ``probes``
+forward-mode passes per image (default 64: each image's squared norms within ~18% relative
+standard deviation, the batch's summed score ``S_f`` much tighter); the probes come from the
+client's private generator. The pruned set then differs from the exact one only for features
+near the threshold (tested: >= 90% of the pruned features agree at 64 probes).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from fl_shadow.config import Float, settings
+from fl_shadow.config import Float, Int, settings
 from fl_shadow.defenses.base import Defense, DefenseContext, register_defense
 from fl_shadow.defenses.sparsification import percentile, zero_pattern_model
 
@@ -67,6 +76,31 @@ def fc_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     return captured[0]
+
+
+def sketched_row_norms(model: nn.Module, x: torch.Tensor, *, probes: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``r`` and an unbiased estimate of ``||d r_if / d X_i||_2^2``'s root, per sample and
+    feature, from ``probes`` Rademacher tangents per sample (forward mode, batched).
+
+    The model must be in eval mode (samples independent). Returns ``(N, D)`` tensors.
+    """
+    with torch.no_grad():
+        r = fc_input(model, x)
+
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        return fc_input(model, inp)
+
+    primal = x.detach()
+    squares = torch.zeros_like(r)
+    chunk = max(1, _CHUNK_ENTRIES // max(1, x.numel()))
+    for start in range(0, probes, chunk):
+        k = min(chunk, probes - start)
+        signs = torch.randint(0, 2, (k, *x.shape), generator=generator).to(x.dtype) * 2 - 1
+        columns = torch.func.vmap(lambda t: torch.func.jvp(forward, (primal,), (t,))[1])(
+            signs.to(x.device))
+        squares += columns.detach().pow(2).sum(dim=0)
+    return r, (squares / probes).sqrt()
 
 
 def jacobian_row_norms(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,16 +145,24 @@ def jacobian_row_norms(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     return r, squares.sqrt()
 
 
-def representation_scores(model: nn.Module, x: torch.Tensor, *, eps: float) -> torch.Tensor:
+def representation_scores(model: nn.Module, x: torch.Tensor, *, eps: float,
+                          probes: int | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
     """Soteria's per-feature score ``S_f = sum_i ||d r_if / d X_i|| / (|r_if| + eps)``, ``(D,)``.
 
     Computed in eval mode (restored afterwards); parameter gradients and BatchNorm running
-    statistics are untouched.
+    statistics are untouched. With ``probes`` the norms are sketched
+    (:func:`sketched_row_norms`, drawing from ``generator``), else exact.
     """
     was_training = model.training
     model.eval()
     try:
-        r, norms = jacobian_row_norms(model, x)
+        if probes is None:
+            r, norms = jacobian_row_norms(model, x)
+        else:
+            if generator is None:
+                raise ValueError("sketched Soteria scores need a generator")
+            r, norms = sketched_row_norms(model, x, probes=probes, generator=generator)
     finally:
         model.train(was_training)
     ratio = norms / (r.abs() + eps)
@@ -144,10 +186,15 @@ class SoteriaParams:
         pruning_rate: percent of representation features whose ``fc.weight`` gradient column is
             zeroed, in [0, 100] (official README example 60; GGL/CENSOR 10; DLG notebook 1).
         eps: added to ``|r|`` in the score's denominator, >= 0 (official GS script 0.1).
+        jacobian: ``exact`` (the paper's scores) or ``sketch`` (estimated row norms, see the
+            module docstring: ~16x faster at 32 px with 64 probes).
+        probes: random probes per image of ``sketch``.
     """
 
     pruning_rate: Annotated[Float, Field(ge=0, le=100)] = 60.0
     eps: Annotated[Float, Field(ge=0)] = 0.1
+    jacobian: Literal["exact", "sketch"] = "exact"
+    probes: Annotated[Int, Field(ge=1, le=65536)] = 64
 
 
 @register_defense("soteria", SoteriaParams, attacker_model=zero_pattern_model)
@@ -157,9 +204,13 @@ class Soteria(Defense):
     def __init__(self, params: SoteriaParams) -> None:
         self.params = params
 
-    def feature_mask(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def feature_mask(self, model: nn.Module, x: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
         """``(D,)`` 1.0 for kept features, 0.0 for pruned ones."""
-        scores = representation_scores(model, x, eps=self.params.eps)
+        p = self.params
+        scores = representation_scores(model, x, eps=p.eps,
+                                       probes=p.probes if p.jacobian == "sketch" else None,
+                                       generator=generator)
         threshold = percentile(scores, self.params.pruning_rate)
         return (scores >= threshold).to(scores.dtype)
 
@@ -167,7 +218,7 @@ class Soteria(Defense):
                          y: torch.Tensor, ctx: DefenseContext) -> list[torch.Tensor]:
         if self.params.pruning_rate == 0:
             return grads
-        mask = self.feature_mask(model, x)
+        mask = self.feature_mask(model, x, ctx.generator)
         out = list(grads)
         i = fc_weight_index(model)
         out[i] = grads[i] * mask.to(grads[i].dtype)[None, :]
@@ -175,4 +226,6 @@ class Soteria(Defense):
         return out
 
     def summary(self) -> str:
-        return f"soteria(pruning_rate={self.params.pruning_rate:g}, eps={self.params.eps:g})"
+        p = self.params
+        sketch = f", sketch of {p.probes} probes" if p.jacobian == "sketch" else ""
+        return f"soteria(pruning_rate={p.pruning_rate:g}, eps={p.eps:g}{sketch})"

@@ -8,19 +8,33 @@ the code returned for each image is the best one it reached (by its own MSE), no
 Early stopping (the reference's never triggers: it reads an empty list): after
 ``min_iterations``, stop once the batch's summed loss has not improved by a relative ``tol``
 for ``patience`` iterations in a row.
+
+A fit is a deterministic function of the generator's weights, the images, the settings and the
+state of ``rng``. When the environment names a folder in ``FL_SHADOW_LATENT_CACHE`` (a sweep
+does, for its workers), fits are memoized there under a digest of all of these, and a cached
+fit also leaves ``rng`` in the state the real fit would have left it: the results are the
+same, bit for bit. A sweep over a defense's strengths then fits each client's codes once per
+seed instead of once per strength (the strength is used after the fit).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from fl_shadow.generative.networks import ImageGenerator, to_unit
 from fl_shadow.progress import Progress
 
-__all__ = ["LatentFit", "fit_latents"]
+__all__ = ["LATENT_CACHE_ENV", "LatentFit", "fit_latents"]
+
+#: Names a folder in which :func:`fit_latents` memoizes its fits (unset: no cache).
+LATENT_CACHE_ENV = "FL_SHADOW_LATENT_CACHE"
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +74,61 @@ def fit_latents(generator: ImageGenerator, images: torch.Tensor, *, iterations: 
         rng: draws the initial codes from N(0, I).
         progress: show progress.
     """
+    cache = os.environ.get(LATENT_CACHE_ENV)
+    key = None
+    if cache and rng is not None:
+        key = _fit_digest(generator, images, rng, (iterations, lr, weight_decay, gamma, patience,
+                                                   min_iterations, tol))
+        hit = _read_cached(Path(cache) / f"{key}.pt", images.device, rng)
+        if hit is not None:
+            return hit
+    fit = _fit(generator, images, iterations=iterations, lr=lr, weight_decay=weight_decay,
+               gamma=gamma, patience=patience, min_iterations=min_iterations, tol=tol, rng=rng,
+               progress=progress, desc=desc)
+    if key is not None and rng is not None:
+        _write_cached(Path(str(cache)) / f"{key}.pt", fit, rng)
+    return fit
+
+
+def _fit_digest(generator: ImageGenerator, images: torch.Tensor, rng: torch.Generator,
+                settings: tuple[float, ...]) -> str:
+    h = hashlib.sha256(repr(settings).encode())
+    for name, tensor in generator.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(images.detach().cpu().contiguous().numpy().tobytes())
+    h.update(str(tuple(images.shape)).encode())
+    h.update(rng.get_state().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_cached(path: Path, device: torch.device, rng: torch.Generator) -> LatentFit | None:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        fit = LatentFit(blob["latents"].to(device), blob["mse"].to(device),
+                        int(blob["iterations"]), bool(blob["stopped_early"]))
+        rng.set_state(blob["rng_after"])
+    except (OSError, KeyError, RuntimeError, ValueError):  # a torn file: fit again
+        return None
+    return fit
+
+
+def _write_cached(path: Path, fit: LatentFit, rng: torch.Generator) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"latents": fit.latents.detach().cpu(), "mse": fit.mse.detach().cpu(),
+                "iterations": fit.iterations, "stopped_early": fit.stopped_early,
+                "rng_after": rng.get_state()}, buffer)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)  # two workers writing the same fit write the same bytes
+
+
+def _fit(generator: ImageGenerator, images: torch.Tensor, *, iterations: int, lr: float,
+         weight_decay: float, gamma: float, patience: int, min_iterations: int, tol: float,
+         rng: torch.Generator | None, progress: bool, desc: str) -> LatentFit:
     device = images.device
     flags = [p.requires_grad for p in generator.parameters()]
     generator.requires_grad_(False)

@@ -22,7 +22,6 @@ The discriminator mirrors it with spectral normalization (hinge loss, see
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 

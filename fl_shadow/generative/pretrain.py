@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -29,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fl_shadow.config import ExperimentConfig, GeneratorConfig
+from fl_shadow.config import GeneratorConfig
 from fl_shadow.generative.networks import Discriminator, ImageGenerator
 from fl_shadow.progress import Progress
 

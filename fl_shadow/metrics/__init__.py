@@ -26,6 +26,19 @@ The metric protocol -- the project's single definition; every reported number fo
 
 6. **Inside a region** (the Grad-CAM++ foreground): :func:`region_scores` -- PSNR over the
    region's pixels, SSIM/LPIPS of the reconstruction pasted into the truth inside the region.
+7. **Up to brightness and contrast** (:mod:`fl_shadow.metrics.invariant`), next to the raw
+   scores: ``psnr_affine``/``ssim_affine`` after the per-image least-squares map ``a·r + b``
+   (``a >= 0``) fitted against the truth, and ``ncc``, the normalized cross-correlation. The
+   update of a bias-free first conv before train-mode BatchNorm cannot see ``a·x + b``: these
+   say how much *structure* an attack recovered.
+8. **Above the prior** (:mod:`fl_shadow.metrics.baseline`): every score also for the public
+   split's mean image (``prior_*``; and the closest public image, ``nearest_*``, the best a
+   prior-only attacker could show), and as leakage above the mean image (``leak_*``: attack
+   minus baseline, positive = the reconstruction shows more of the image than the prior).
+9. **Worst case and statistics** (:mod:`fl_shadow.metrics.statistics`): per attacked image the
+   maximum over the attacks run of each score (minimum for LPIPS); figures over seeds as mean
+   ± 95% Student-t interval; differences to FedAvg paired by seed, significant only when their
+   interval excludes 0.
 
 Utility: :func:`accuracy` and :func:`macro_f1` (classes absent from both predictions and labels
 are left out of the macro mean).
@@ -42,7 +55,21 @@ Example:
 """
 
 from fl_shadow.metrics._validation import RANGE_TOLERANCE, check_images
+from fl_shadow.metrics.baseline import (
+    BASELINES,
+    baseline_scores,
+    leakage,
+    nearest_public,
+    public_mean,
+)
 from fl_shadow.metrics.image import MSE_FLOOR, denormalize, psnr, ssim, ssim_kernel_size
+from fl_shadow.metrics.invariant import (
+    affine_fit,
+    affine_map,
+    ncc,
+    psnr_affine,
+    ssim_affine,
+)
 from fl_shadow.metrics.lpips import (
     LpipsWeightsError,
     default_cache_dir,
@@ -51,17 +78,43 @@ from fl_shadow.metrics.lpips import (
     lpips_model,
 )
 from fl_shadow.metrics.matching import (
+    LOWER_MEANS_MORE_LEAKED,
+    PRIVACY_SCORES,
     MatchedScores,
     match_reconstructions,
+    pair_scores,
     privacy_metrics,
     score_matched_pairs,
 )
 from fl_shadow.metrics.region import region_scores
+from fl_shadow.metrics.statistics import (
+    Interval,
+    mean_ci,
+    paired_difference,
+    worst_case,
+)
 from fl_shadow.metrics.utility import accuracy, macro_f1
 
 __all__ = [
+    "BASELINES",
+    "LOWER_MEANS_MORE_LEAKED",
     "MSE_FLOOR",
+    "PRIVACY_SCORES",
     "RANGE_TOLERANCE",
+    "Interval",
+    "affine_fit",
+    "affine_map",
+    "baseline_scores",
+    "leakage",
+    "mean_ci",
+    "ncc",
+    "nearest_public",
+    "paired_difference",
+    "psnr_affine",
+    "public_mean",
+    "ssim_affine",
+    "worst_case",
+    "pair_scores",
     "LpipsWeightsError",
     "MatchedScores",
     "accuracy",

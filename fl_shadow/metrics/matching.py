@@ -11,7 +11,12 @@ from scipy.optimize import linear_sum_assignment
 
 from fl_shadow.metrics._validation import check_images
 from fl_shadow.metrics.image import psnr, ssim
+from fl_shadow.metrics.invariant import ncc, psnr_affine, ssim_affine
 from fl_shadow.metrics.lpips import lpips_alex
+
+#: Every per-image privacy score, by name; higher means more leaked except for ``lpips``.
+PRIVACY_SCORES = ("psnr", "ssim", "lpips", "psnr_affine", "ssim_affine", "ncc")
+LOWER_MEANS_MORE_LEAKED = frozenset({"lpips"})
 
 
 def _check_sets(recon: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +71,9 @@ class MatchedScores:
         psnr: ``(P,)`` PSNR in dB.
         ssim: ``(P,)`` SSIM.
         lpips: ``(P,)`` LPIPS-alex distance.
+        psnr_affine, ssim_affine: ``(P,)`` PSNR and SSIM up to brightness and contrast
+            (:mod:`fl_shadow.metrics.invariant`).
+        ncc: ``(P,)`` normalized cross-correlation.
     """
 
     recon_index: np.ndarray
@@ -73,16 +81,43 @@ class MatchedScores:
     psnr: np.ndarray
     ssim: np.ndarray
     lpips: np.ndarray
+    psnr_affine: np.ndarray
+    ssim_affine: np.ndarray
+    ncc: np.ndarray
 
     @property
     def num_matched(self) -> int:
         """Number of matched pairs, ``min(K, N)``."""
         return len(self.truth_index)
 
+    def scores(self) -> dict[str, np.ndarray]:
+        """Every score of :data:`PRIVACY_SCORES`, per pair."""
+        return {name: getattr(self, name) for name in PRIVACY_SCORES}
+
     def summary(self) -> dict[str, float]:
-        """Means over the matched pairs: ``psnr``, ``ssim``, ``lpips``, and ``num_matched``."""
-        return {"psnr": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)),
-                "lpips": float(np.mean(self.lpips)), "num_matched": float(self.num_matched)}
+        """Means over the matched pairs of every score, and ``num_matched``."""
+        out = {name: float(np.mean(values)) for name, values in self.scores().items()}
+        out["num_matched"] = float(self.num_matched)
+        return out
+
+
+@torch.no_grad()
+def pair_scores(recon: torch.Tensor, truth: torch.Tensor, *,
+                cache_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+    """Every score of :data:`PRIVACY_SCORES` for already aligned pairs ``recon[i], truth[i]``.
+
+    Args:
+        recon, truth: ``(P, C, H, W)`` in ``[0, 1]``, same shape.
+
+    Returns:
+        ``{score: (P,) float64 array}``.
+    """
+    return {"psnr": psnr(recon, truth).cpu().double().numpy(),
+            "ssim": ssim(recon, truth).cpu().double().numpy(),
+            "lpips": lpips_alex(recon, truth, cache_dir=cache_dir).cpu().double().numpy(),
+            "psnr_affine": psnr_affine(recon, truth).cpu().double().numpy(),
+            "ssim_affine": ssim_affine(recon, truth).cpu().double().numpy(),
+            "ncc": ncc(recon, truth).cpu().double().numpy()}
 
 
 @torch.no_grad()
@@ -102,17 +137,13 @@ def score_matched_pairs(recon: torch.Tensor, truth: torch.Tensor, *,
     rows, cols = match_reconstructions(recon, truth)
     r = recon[torch.as_tensor(rows, device=recon.device)]
     t = truth[torch.as_tensor(cols, device=recon.device)]
-    return MatchedScores(
-        recon_index=rows, truth_index=cols,
-        psnr=psnr(r, t).cpu().double().numpy(),
-        ssim=ssim(r, t).cpu().double().numpy(),
-        lpips=lpips_alex(r, t, cache_dir=cache_dir).cpu().double().numpy(),
-    )
+    return MatchedScores(recon_index=rows, truth_index=cols,
+                         **pair_scores(r, t, cache_dir=cache_dir))
 
 
 def privacy_metrics(recon: torch.Tensor, truth: torch.Tensor, *,
                     cache_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
-    """Mean PSNR (dB), SSIM and LPIPS over the matched pairs, plus ``num_matched``.
+    """Mean of every privacy score over the matched pairs, plus ``num_matched``.
 
     Args:
         recon: ``(K, C, H, W)`` reconstructions in ``[0, 1]``.
@@ -120,6 +151,6 @@ def privacy_metrics(recon: torch.Tensor, truth: torch.Tensor, *,
         cache_dir: LPIPS weight cache, see :func:`fl_shadow.metrics.lpips_alex`.
 
     Returns:
-        ``{"psnr", "ssim", "lpips", "num_matched"}`` as floats.
+        ``{"psnr", "ssim", "lpips", "psnr_affine", "ssim_affine", "ncc", "num_matched"}``.
     """
     return score_matched_pairs(recon, truth, cache_dir=cache_dir).summary()
