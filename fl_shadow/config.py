@@ -110,10 +110,21 @@ class DataConfig:
         dataset: registered dataset name: ``mni152`` (offline default: brain MRI slices shipped
             in nilearn), ``medmnist`` (a MedMNIST ``.npz``), ``imagefolder`` (class-per-folder).
         path: file or folder for ``medmnist``/``imagefolder``; unused by ``mni152``.
+        patients: which patient each image of ``imagefolder`` comes from, so that no patient
+            is in two splits: a value ending in ``.csv`` names a table (columns ``file``, the
+            image's path relative to ``path`` with ``/`` separators, and ``patient``; a
+            relative one is resolved like ``path``); anything else is a regular expression
+            searched in each image's relative path, whose one capturing group (or group named
+            ``patient``) is the patient id, e.g. ``person(\\d+)_``; None: images are split
+            one by one.
         image_size: side length in pixels the images are resized to (8..1024).
         channels: 1 (grayscale) or 3 (RGB); images are converted on load.
         test_fraction: share of the images held out for the global test split (stratified),
             used when the source has no test split of its own.
+        public_fraction: share of the images set aside as the **public** split (what the
+            server and the generative components may learn from; never a client's or the test
+            split's), taken before the test split; None: the dataset's own default (0.15 for
+            the slice datasets ``mni152``/``ct_head``, 0.1 for an image folder without ``val``).
         medmnist_flag: MedMNIST subset name used with ``medmnist`` when ``path`` is not given
             (downloaded by the ``medmnist`` package, online only).
         cache_dir: where built datasets and trained weights are cached; default
@@ -122,9 +133,11 @@ class DataConfig:
 
     dataset: Str = "mni152"
     path: Str | None = None
+    patients: Str | None = None
     image_size: Annotated[Int, Field(ge=8, le=1024)] = 32
     channels: Literal[1, 3] = 1
     test_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.2
+    public_fraction: Annotated[Float, Field(gt=0, lt=1)] | None = None
     medmnist_flag: Str = "pneumoniamnist"
     cache_dir: Str | None = None
 
@@ -502,9 +515,11 @@ def load_config_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
 def resolve_paths(config: ExperimentConfig, project_dir: str | Path) -> ExperimentConfig:
     """The config with its relative paths made absolute against the operator's project folder.
 
-    ``output_dir``, ``data.path`` and ``data.cache_dir`` (``~`` expanded); absolute and unset
-    paths are kept. Every process of a run (the ServerApp, the clients) then reads the same
-    files, wherever it was started (:mod:`fl_shadow.apps.server_app` says which folder).
+    ``output_dir``, ``data.path``, ``data.cache_dir`` and a ``data.patients`` table (a value
+    ending in ``.csv``), ``~`` expanded; absolute and unset paths, and a ``data.patients``
+    regular expression, are kept. Every process of a run (the ServerApp, the clients) then
+    reads the same files, wherever it was started (:mod:`fl_shadow.apps.server_app` says
+    which folder).
     """
     base = Path(project_dir)
 
@@ -514,8 +529,11 @@ def resolve_paths(config: ExperimentConfig, project_dir: str | Path) -> Experime
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else base / path)
 
+    patients = config.data.patients
+    if patients is not None and patients.lower().endswith(".csv"):
+        patients = absolute(patients)  # a table, not a regular expression (see DataConfig)
     data = dataclasses.replace(config.data, path=absolute(config.data.path),
-                               cache_dir=absolute(config.data.cache_dir))
+                               patients=patients, cache_dir=absolute(config.data.cache_dir))
     return dataclasses.replace(config, output_dir=absolute(config.output_dir), data=data)
 
 

@@ -9,11 +9,13 @@ everything up to its last completed step)::
                           "error": the one-line cause of a failed or stopped run, ...}
       utility.jsonl      one row per evaluated round: loss, accuracy, macro_f1
       fit.jsonl          one row per client update: examples, steps, train loss, seconds
-      privacy.jsonl      one row per attacked update: psnr, ssim, lpips, label accuracy, time
+      privacy.jsonl      one row per attacked update: psnr, ssim, lpips, their intensity-
+                         invariant scores, leakage above the prior, label accuracy, time
       failures.jsonl     clients that failed in a round
+      warnings.jsonl     one row per warning, {"where": load|training|attack, "message": ...}
       grids/round003_client01.png   originals (top) vs matched reconstructions (bottom)
       plots/utility.png, plots/privacy.png
-      summary.md         the tables printed at the end
+      summary.md         the tables printed at the end, then the warnings
       checkpoint.npz     the global model after the last completed round (fl_shadow/checkpoint)
 
 ``status.json`` ends in exactly one final state, the first one recorded: ``completed``;
@@ -21,9 +23,18 @@ everything up to its last completed step)::
 line); ``stopped`` (``flwr stop``, SIGINT or SIGTERM: whatever the dying process writes after
 that is ignored). A run killed outright (SIGKILL, a lost machine) stays ``running``.
 
+``warnings.jsonl`` holds each distinct message once (:mod:`fl_shadow.diagnostics`):
+``load``: the experiment's checks at load (:func:`~fl_shadow.apps.experiment.check_experiment`:
+a small test split, overall or per class; few public images for a generator; ...), written as
+the run starts; ``training`` (the loss became non-finite, or the clients' mean train loss,
+weighted by their images, rose above :data:`~fl_shadow.diagnostics.DIVERGENCE_FACTOR` times
+its first round's) and ``attack`` (labels recovered wrongly), computed from the rows when the run ends (completed or failed).
+The file is rewritten whole each time; ``summary.md`` lists the same rows under "Warnings".
+
 A resumed run (:class:`RunRecorder` with ``resume_after=k``) first drops every row of a round
 after ``k`` from each ``*.jsonl`` (the unfinished round's partial rows, written before the kill)
-and those rounds' grids, then appends to the same files, so nothing is duplicated.
+and those rounds' grids, then appends to the same files, so nothing is duplicated; it keeps
+the ``load`` warnings and computes the others again at its end.
 """
 
 from __future__ import annotations
@@ -35,12 +46,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fl_shadow.diagnostics import WHERE_LOAD, RunWarning, deduplicated, run_diagnostics
 from fl_shadow.errors import ConfigError, RunFailed
 
 if TYPE_CHECKING:
@@ -51,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: States after which ``status.json`` is not rewritten.
 FINAL_STATES = ("completed", "failed", "stopped")
+#: The run's warnings, one ``{"where", "message"}`` row each (see the module docstring).
+WARNINGS_FILE = "warnings.jsonl"
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -95,12 +109,21 @@ class RunRecorder:
             this one: rows of later rounds are dropped (:func:`drop_rows_after`), the kept rows
             are read back for the final summary, ``seconds`` keeps counting from the earlier
             attempts, and ``status.json`` lists it under ``resumed_after``. None: a new run.
+        load_warnings: the messages of the experiment's checks at load
+            (:func:`fl_shadow.diagnostics.capture_warnings` around
+            :func:`~fl_shadow.apps.experiment.check_experiment`), written to ``warnings.jsonl``
+            at once.
+        attack_name: the attack's name, first word of its warnings (None: "the attack").
     """
 
     def __init__(self, run_dir: str | Path, config_yaml: str, num_rounds: int, *,
-                 resume_after: int | None = None) -> None:
+                 resume_after: int | None = None, load_warnings: Sequence[str] = (),
+                 attack_name: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.num_rounds = num_rounds
+        self.attack_name = attack_name or "the attack"
+        self.load_warnings = deduplicated(RunWarning(WHERE_LOAD, m) for m in load_warnings)
+        self.warnings: list[RunWarning] = []  # what warnings.jsonl holds
         self.started = time.time()
         self.utility: list[dict[str, Any]] = []
         self.privacy: list[dict[str, Any]] = []
@@ -118,6 +141,7 @@ class RunRecorder:
             (self.run_dir / "config.yaml").write_text(config_yaml)
         else:
             self._reopen(resume_after)
+        self._set_warnings(self.load_warnings)
         self._status("running", rounds_completed=resume_after or 0)
         log.info("results folder: %s", self.run_dir.resolve())
 
@@ -135,6 +159,9 @@ class RunRecorder:
         self.utility = read_jsonl(self.run_dir / "utility.jsonl")
         self.privacy = read_jsonl(self.run_dir / "privacy.jsonl")
         self.fits = read_jsonl(self.run_dir / "fit.jsonl")
+        # The earlier attempts' checks at load stay; the end-of-run ones are computed again.
+        earlier = [w for w in read_warnings(self.run_dir) if w.where == WHERE_LOAD]
+        self.load_warnings = deduplicated([*earlier, *self.load_warnings])
         by_round: dict[int, list[dict[str, Any]]] = {}
         for row in read_jsonl(self.run_dir / "client_utility.jsonl"):
             by_round.setdefault(int(row["round"]), []).append(row)
@@ -232,14 +259,18 @@ class RunRecorder:
         # The project's own causes are written for the user; anything else gets its type.
         cause = str(error) if isinstance(error, RunFailed) else exception_line(error)
         self._status("failed", rounds_completed=self.rounds_done(), error=one_line(cause))
+        self._diagnose()  # a diverged training may be why it failed
 
     def stop(self, reason: str) -> None:
         """Mark the run stopped (``flwr stop``, a signal); nothing if the run already ended."""
         self._status("stopped", rounds_completed=self.rounds_done(), error=one_line(reason))
 
     def finish(self) -> str:
-        """Write plots and ``summary.md``; log the summary; mark the run completed."""
-        text = summary_markdown(self.utility, self.privacy, self.fits)
+        """Write the end-of-run warnings, plots and ``summary.md``; log the summary; mark the
+        run completed."""
+        self._diagnose()
+        text = summary_markdown(self.utility, self.privacy, self.fits,
+                                run_warnings=self.warnings)
         (self.run_dir / "summary.md").write_text(text)
         try:
             save_plots(self.run_dir / "plots", self.utility, self.privacy)
@@ -250,6 +281,23 @@ class RunRecorder:
         return text
 
     # -- internals --------------------------------------------------------------------------
+    def _diagnose(self) -> None:
+        """The load warnings and the end-of-run diagnostics of the rows, into
+        ``warnings.jsonl``."""
+        self._set_warnings([*self.load_warnings, *run_diagnostics(
+            self.utility, self.fits, self.privacy, attack=self.attack_name)])
+
+    def _set_warnings(self, run_warnings: Sequence[RunWarning]) -> None:
+        """Rewrite ``warnings.jsonl`` with ``run_warnings`` (deduplicated); log the new ones."""
+        new = deduplicated(run_warnings)
+        for warning in new:
+            if warning not in self.warnings:
+                log.warning("warning (%s): %s", warning.where, warning.message)
+        self.warnings = new
+        tmp = self.run_dir / "warnings.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(w.to_json()) + "\n" for w in new))
+        tmp.replace(self.run_dir / WARNINGS_FILE)
+
     def rounds_done(self) -> int:
         """The last round with a utility row (0 before any)."""
         return max((r["round"] for r in self.utility), default=0)
@@ -359,6 +407,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: The privacy table's score columns: ``(privacy.jsonl key, header, decimals)``. ``a·x+b``:
+#: up to brightness and contrast (:mod:`fl_shadow.metrics.invariant`); ``leak``: above the
+#: public mean image (:mod:`fl_shadow.metrics.baseline`).
+PRIVACY_TABLE: tuple[tuple[str, str, int], ...] = (
+    ("psnr", "PSNR (dB)", 2), ("psnr_affine", "PSNR a·x+b (dB)", 2), ("ssim", "SSIM", 4),
+    ("ssim_affine", "SSIM a·x+b", 4), ("ncc", "NCC", 4), ("lpips", "LPIPS", 4),
+    ("leak_psnr_affine", "leak PSNR a·x+b (dB)", 2), ("leak_ssim_affine", "leak SSIM a·x+b", 4),
+    ("label_accuracy", "label acc.", 2))
+#: The foreground table's columns (inside each image's Grad-CAM++ region).
+FOREGROUND_TABLE: tuple[tuple[str, str, int], ...] = (
+    ("fg_psnr", "FG PSNR (dB)", 2), ("fg_ssim", "FG SSIM", 4), ("fg_lpips", "FG LPIPS", 4))
+PRIVACY_COLUMNS = tuple(key for key, _, _ in PRIVACY_TABLE + FOREGROUND_TABLE)
+#: The line under the privacy table.
+PRIVACY_LEGEND = ("a·x+b: scored after the best brightness/contrast map a·x+b (least squares, "
+                  "a >= 0) of the reconstruction onto the original, so a right picture at the "
+                  "wrong intensity counts; NCC: normalized cross-correlation (1 = the same "
+                  "image up to brightness/contrast); leak: the score minus that of the public "
+                  "split's mean image (what an attacker shows without the update; > 0: more "
+                  "than that prior).")
+_MISSING = "-"
+
 #: What every row of a results file must hold for the summary and a resume to read it:
 #: ``file -> {field: (required, check)}``; other fields are free.
 ROW_FIELDS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
@@ -369,13 +438,13 @@ ROW_FIELDS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     "privacy.jsonl": {"round": (True, _is_int), "client": (True, _is_int),
                       "skipped": (False, lambda v: isinstance(v, str)),
                       "num_images": (False, _is_int), "attack_seconds": (False, _is_number),
-                      **{m: (False, _is_number) for m in ("psnr", "ssim", "lpips",
-                                                          "label_accuracy", "fg_psnr",
-                                                          "fg_ssim", "fg_lpips")}},
+                      **{m: (False, _is_number) for m in PRIVACY_COLUMNS}},
     "client_utility.jsonl": {"round": (True, _is_int), "client": (True, _is_int),
                              "num_examples": (True, _is_int), "accuracy": (True, _is_number),
                              "macro_f1": (True, _is_number)},
     "failures.jsonl": {"round": (True, _is_int)},
+    WARNINGS_FILE: {"where": (True, lambda v: isinstance(v, str)),
+                    "message": (True, lambda v: isinstance(v, str))},
 }
 _ANY_ROW: dict[str, tuple[bool, Callable[[Any], bool]]] = {"round": (False, _is_int)}
 
@@ -438,6 +507,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_warnings(run_dir: str | Path) -> list[RunWarning]:
+    """The warnings of a results folder (``warnings.jsonl``; none when it has no such file)."""
+    return [RunWarning(r["where"], r["message"])
+            for r in read_jsonl(Path(run_dir) / WARNINGS_FILE)]
+
+
 def drop_rows_after(run_dir: str | Path, last_round: int) -> int:
     """Drop the rows of rounds after ``last_round`` from every ``*.jsonl`` of a results folder,
     and those rounds' grids; returns how many rows were dropped.
@@ -471,8 +546,11 @@ def drop_rows_after(run_dir: str | Path, last_round: int) -> int:
 
 
 def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]],
-                     fits: list[dict[str, Any]]) -> str:
-    """Markdown tables: utility per round, privacy per attacked update, client time per round."""
+                     fits: list[dict[str, Any]], *,
+                     run_warnings: Sequence[RunWarning] = ()) -> str:
+    """Markdown tables: utility per round, privacy per attacked update (raw, up to brightness
+    and contrast, leakage above the prior; :data:`PRIVACY_TABLE`), client time per round; then
+    ``run_warnings`` under "Warnings" ("(none)" when there are none)."""
     lines = ["## Utility (global model, test split)", ""]
     if any("client_accuracy" in r for r in utility):
         lines += ["| round | accuracy | macro-F1 | loss | clients' accuracy | clients' macro-F1 |",
@@ -490,25 +568,7 @@ def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]
             lines.append(f"| {r['round']} | {r.get('accuracy', math.nan):.4f} | "
                          f"{r.get('macro_f1', math.nan):.4f} | {r['loss']:.4f} |")
     lines += ["", "## Privacy (attacker's reconstructions vs. the attacked images)", ""]
-    if privacy:
-        lines += ["| round | client | images | PSNR (dB) | SSIM | LPIPS | label acc. | "
-                  "FG PSNR | FG SSIM | FG LPIPS | attack s |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in privacy:
-            if "skipped" in r:
-                lines.append(f"| {r['round']} | {r['client']} | | not attacked: {r['skipped']} "
-                             "| | | | | | | |")
-                continue
-            lines.append(
-                f"| {r['round']} | {r['client']} | {r['num_images']} | "
-                f"{r.get('psnr', math.nan):.2f} | {r.get('ssim', math.nan):.4f} | "
-                f"{r.get('lpips', math.nan):.4f} | {r.get('label_accuracy', math.nan):.2f} | "
-                f"{r.get('fg_psnr', math.nan):.2f} | {r.get('fg_ssim', math.nan):.4f} | "
-                f"{r.get('fg_lpips', math.nan):.4f} | {r['attack_seconds']:.1f} |")
-        lines += ["", "FG: inside each image's Grad-CAM++ foreground (top 30% of the global "
-                  "model's map for its label)."]
-    else:
-        lines.append("(no update was attacked)")
+    lines += _privacy_tables(privacy) if privacy else ["(no update was attacked)"]
     if fits:
         lines += ["", "## Client time (seconds per round, mean over clients)", "",
                   "| round | mean fit s | max fit s |", "|---:|---:|---:|"]
@@ -517,7 +577,41 @@ def summary_markdown(utility: list[dict[str, Any]], privacy: list[dict[str, Any]
             by_round.setdefault(r["round"], []).append(float(r.get("fit_seconds", math.nan)))
         for rnd, secs in sorted(by_round.items()):
             lines.append(f"| {rnd} | {sum(secs) / len(secs):.3f} | {max(secs):.3f} |")
+    lines += ["", "## Warnings", ""]
+    lines += [f"- {w.where}: {w.message}" for w in run_warnings] or ["(none)"]
     return "\n".join(lines) + "\n"
+
+
+def _privacy_tables(privacy: list[dict[str, Any]]) -> list[str]:
+    """The privacy table (one row per attacked or skipped update) with its legend, then the
+    foreground table when the rows have foreground scores."""
+    headers = [header for _, header, _ in PRIVACY_TABLE]
+    lines = ["| round | client | images | " + " | ".join(headers) + " | attack s |",
+             "|" + "---:|" * (len(headers) + 4)]
+    for r in privacy:
+        if "skipped" in r:
+            lines.append(f"| {r['round']} | {r['client']} | | not attacked: {r['skipped']} |"
+                         + " |" * len(headers))
+            continue
+        lines.append(f"| {r['round']} | {r['client']} | {r['num_images']} | "
+                     + _cells(r, PRIVACY_TABLE) + f" | {r['attack_seconds']:.1f} |")
+    lines += ["", PRIVACY_LEGEND]
+    scored = [r for r in privacy if "skipped" not in r]
+    if any(key in r for r in scored for key, _, _ in FOREGROUND_TABLE):
+        lines += ["", "| round | client | " + " | ".join(h for _, h, _ in FOREGROUND_TABLE)
+                  + " |", "|" + "---:|" * (len(FOREGROUND_TABLE) + 2)]
+        lines += [f"| {r['round']} | {r['client']} | " + _cells(r, FOREGROUND_TABLE) + " |"
+                  for r in scored]
+        lines += ["", ("FG: inside each image's Grad-CAM++ foreground (top 30% of the "
+                       "global model's map for its label).")]
+    return lines
+
+
+def _cells(row: Mapping[str, Any], columns: tuple[tuple[str, str, int], ...]) -> str:
+    """The row's values of ``columns``, ``|``-separated; :data:`_MISSING` for an absent one
+    (no public split: no ``leak_*``)."""
+    return " | ".join(f"{row[key]:.{digits}f}" if key in row else _MISSING
+                      for key, _, digits in columns)
 
 
 def save_grid(path: Path, reconstructions: torch.Tensor, scores: Scores | None, *,

@@ -105,6 +105,13 @@ CASES: list[Case] = [
      r"^data\.path: .*notes\.txt is not a \.npz file"),
     ("a path mni152 never reads", ["data.path=@tmp/folder"],
      r"^data\.path: the mni152 dataset reads no path"),
+    ("patients for a dataset without patients", ["data.patients=person(\\d+)_"],
+     r"^data\.patients: the mni152 dataset does not read it; remove it \(optional data keys "
+     r"it reads: data\.public_fraction\)$"),
+    ("a public share medmnist never reads",
+     ["data.dataset=medmnist", "data.path=@tmp/data.npz", "data.public_fraction=0.2"],
+     r"^data\.public_fraction: the medmnist dataset does not read it; remove it \(optional "
+     r"data keys it reads: none\)$"),
     # The machine.
     ("cuda without a GPU", ["train.device=cuda"], r"^train\.device: expected a device this"),
     ("GPU share without a GPU", ["simulation.num_gpus_per_client=0.5"],

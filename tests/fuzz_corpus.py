@@ -461,6 +461,49 @@ def _(folder: Path) -> dict[str, Any]:
     return {"config": write_yaml(folder / "c.yaml", folder_config(folder, root, channels=3))}
 
 
+_folder_case("data.patients with an unclosed group", lambda root: None, patients="(class",
+             match=r"^data\.patients: expected a regular expression \(or a \.csv table\)")
+_folder_case("data.patients matching no image", lambda root: None, patients=r"(person\d+)_",
+             match=r"class0[/\\]img0\.png: data\.patients .* finds no patient id in its path; "
+                   r"nor do 11 other images$")
+
+
+def _patients_table_case(label: str, content: bytes, match: str) -> None:
+    def setup(folder: Path) -> dict[str, Any]:
+        root = image_folder(folder / "images")
+        (folder / "patients.csv").write_bytes(content)
+        config = folder_config(folder, root, patients=str(folder / "patients.csv"))
+        return {"config": write_yaml(folder / "c.yaml", config)}
+    CASES.append(Case(label, "load", "refused", setup, match))
+
+
+_patients_table_case("a patients table of latin-1 bytes",
+                     b"file,patient\nclass0/img0.png,h\xf4pital\n", r"not UTF-8 text \(byte 30\)")
+_patients_table_case("a patients table without a patient column", b"file,who\nclass0/img0.png,a\n",
+                     r"^data\.patients: .*patients\.csv: expected a header with the columns "
+                     r"'file' and 'patient', got 'file', 'who'$")
+
+
+@case("a pre-split folder sharing patients between train and test", "load", "refused",
+      r"split: 4 patients have images in both train/ and test/, e.g. '0' "
+      r"\(train/class0/img0\.png, test/class0/img0\.png\)")
+def _(folder: Path) -> dict[str, Any]:
+    root = folder / "images" / "split"
+    image_folder(root / "train", classes=2, per_class=4)
+    image_folder(root / "test", classes=2, per_class=4)
+    return {"config": write_yaml(folder / "c.yaml",
+                                 folder_config(folder, root, patients=r"img(\d)"))}
+
+
+@case("a patients table with a byte order mark and CRLF", "load", "accepted")
+def _(folder: Path) -> dict[str, Any]:
+    root = image_folder(folder / "images", per_class=6)
+    rows = "".join(f"class{c}/img{i}.png,patient{i}\r\n" for c in range(3) for i in range(6))
+    (folder / "patients.csv").write_bytes(("\ufefffile,patient\r\n" + rows).encode())
+    return {"config": write_yaml(folder / "c.yaml", folder_config(
+        folder, root, patients=str(folder / "patients.csv")))}
+
+
 @case("a model of 13 GiB on small data", "load", "refused",
       r"^model: convnet at 1024 px \(model\.width 1024\) has [\d,]+ weights, about [\d.]+ GiB")
 def _(folder: Path) -> dict[str, Any]:

@@ -102,3 +102,56 @@ def test_available_memory_is_read_from_the_kernel() -> None:
 
     free = available_memory_bytes()
     assert free is None or 0 < free < 2**50
+
+
+# ---- weak data: a warning at load, not an error ---------------------------------------------------
+def keep_test_images(monkeypatch: pytest.MonkeyPatch, counts: list[int]) -> None:
+    """Load the real data, then keep only the first ``counts[k]`` test images of class ``k``
+    (the offline data at 16 px has 45, 45, 63, 63, 40 and 48)."""
+    import dataclasses
+
+    import fl_shadow.apps.experiment as experiment
+
+    real = experiment.load_dataset
+
+    def load_dataset(config, *, seed):  # type: ignore[no-untyped-def]
+        splits = real(config, seed=seed)
+        labels = splits.test.labels
+        keep = [i for k, n in enumerate(counts)
+                for i in (labels == k).nonzero().flatten()[:n].tolist()]
+        return dataclasses.replace(splits, test=splits.test.subset(keep))
+
+    monkeypatch.setattr(experiment, "load_dataset", load_dataset)
+
+
+def test_a_test_split_short_of_images_per_class_names_those_classes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 + 5 + 5 + 4 + 2 + 0 = 21 test images: enough overall (2 x 6 classes), not per class.
+    keep_test_images(monkeypatch, [5, 5, 5, 4, 2, 0])
+    with pytest.warns(UserWarning, match=r"fewer than 5 images") as caught:
+        load_experiment(None, TINY)
+    assert [str(w.message) for w in caught] == [
+        ("data: the test split holds fewer than 5 images of 3 of 6 classes (coronal anterior: "
+         "4, axial inferior: 2, axial superior: 0); their share of macro-F1 rests on a handful "
+         "of predictions (raise data.test_fraction)")]
+
+
+def test_a_tiny_test_split_warns_overall_and_per_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    keep_test_images(monkeypatch, [1, 1, 1, 1, 1, 1])  # 6 < 2 x 6 classes
+    with pytest.warns(UserWarning) as caught:
+        load_experiment(None, TINY)
+    messages = [str(w.message) for w in caught]
+    assert messages[0] == ("data: the test split holds 6 images for 6 classes; accuracy and "
+                           "macro-F1 will be coarse")
+    assert messages[1].startswith("data: the test split holds fewer than 5 images of 6 of 6 "
+                                  "classes (sagittal medial: 1, sagittal lateral: 1,")
+
+
+def test_five_test_images_per_class_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fl_shadow.apps.experiment import MIN_TEST_IMAGES_PER_CLASS
+
+    keep_test_images(monkeypatch, [MIN_TEST_IMAGES_PER_CLASS] * 6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_experiment(None, TINY)
+    assert not [w for w in caught if "test split" in str(w.message)]

@@ -36,7 +36,8 @@ MACRO_F1 = {("fedavg", None): (0.70, 0.72, 0.74), ("dp", 0.1): (0.69, 0.73, 0.72
 FIT_SECONDS = {("fedavg", None): 1.0, ("dp", 0.1): 1.5, ("dp", 0.5): 2.0}
 PRIOR_PSNR_AFFINE, PRIOR_SSIM_AFFINE = 18.0, 0.5
 
-WARNING_DIVERGED = "training diverged: the clients' mean train loss rose from 1.2 to 9.9"
+WARNING_DIVERGED = ("training diverged: the clients' mean train loss (weighted by their images) "
+                    "rose from 1.2 (round 1) to 9.9 (round 3)")
 WARNING_LABELS = "a2 recovered 1 of 2 labels wrongly (round 1, client 1)"
 WARNING_ESCAPED = "loss < 1e-3 & <b>rising</b>"
 SKIP_REASON = "defense dp has no attacker model (not modelled adaptively)"

@@ -16,8 +16,9 @@ pretrains the public-data generator when the defense or attack needs one and no 
 checkpoint exists (with a progress bar, once, before the clients start), sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
 launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
 finally checks the run's own outcome (``status.json``), because ``flwr run --stream`` exits 0
-even when the ServerApp fails: exit 0 when it says ``completed``, else exit 1 with the run's
-state and its one-line cause (``failed``: the cause; ``stopped``: ``flwr stop`` or a signal).
+even when the ServerApp fails: exit 0 when it says ``completed`` (the summary is printed, its
+"Warnings" last), else exit 1 with the run's warnings (``warnings.jsonl``), state and one-line
+cause (``failed``: the cause; ``stopped``: ``flwr stop`` or a signal).
 The working directory is the run's project folder: the relative ``--run-dir`` and the config's
 relative paths resolve against it, here and in the ServerApp (run config ``project-dir``).
 
@@ -48,7 +49,7 @@ from fl_shadow.checkpoint import keeps_client_state, prepare_resume
 from fl_shadow.config import DEFAULT_CONFIG, ExperimentConfig, resolve_config_path
 from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.generative.public import pretrained_generator
-from fl_shadow.report import check_writable_folder, new_run_dir
+from fl_shadow.report import check_writable_folder, new_run_dir, read_warnings
 from fl_shadow.training import resolve_device
 from fl_shadow.verdict_report import write_report
 
@@ -154,13 +155,17 @@ def _launch(config: ExperimentConfig, config_path: Path, overrides: list[str], r
         proc = subprocess.run(cmd, env=env, check=False)
     status_file = run_dir / "status.json"
     status = json.loads(status_file.read_text()) if status_file.exists() else {"state": "missing"}
+    run_warnings = read_warnings(run_dir)
     if status.get("state") != "completed":
+        for warning in run_warnings:  # a diverged training may explain the failure
+            print(f"fl-shadow: warning ({warning.where}): {warning.message}", file=sys.stderr)
         detail = status.get("error", "see the log above")
         print(f"fl-shadow: run did not complete (state: {status.get('state')}, flwr exit "
               f"{proc.returncode}): {detail}", file=sys.stderr)
         return 1
-    print((run_dir / "summary.md").read_text())
-    print(f"fl-shadow: results in {run_dir}")
+    print((run_dir / "summary.md").read_text())  # its last section lists the warnings
+    print(f"fl-shadow: results in {run_dir}"
+          + (f" ({len(run_warnings)} warning(s): see Warnings above)" if run_warnings else ""))
     if resume:
         print(f"fl-shadow: resumed after round(s) {status.get('resumed_after')}")
     return 0

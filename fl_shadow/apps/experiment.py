@@ -17,7 +17,10 @@ every experiment script call: the YAML (with its ``base:`` chain and the overrid
   before anything loads) and the model's weights (counted on PyTorch's meta device) fit in
   the machine's available memory; the dataset loads, its test split is not empty, the
   partition fits it (every client's share exists), and a generative component has public
-  images to learn from.
+  images to learn from. Weak-but-legal data is a warning: a small test split, overall or for
+  a class (below :data:`MIN_TEST_IMAGES_PER_CLASS`, naming the classes), few public images
+  for a generator (below :data:`FEW_PUBLIC_IMAGES`); a run records them in its results
+  folder (:func:`fl_shadow.diagnostics.capture_warnings`).
 
 Every failure is one :class:`~fl_shadow.errors.ConfigError` line naming the dotted key. The
 result, :class:`Components`, holds the specs and the validated params, so the federation
@@ -43,6 +46,7 @@ from attacks import ATTACKS, AttackSpec
 from fl_shadow.config import ExperimentConfig, load_config
 from fl_shadow.data import DATASETS, DatasetSpec, load_dataset, partition_indices
 from fl_shadow.defenses import DEFENSES, DefenseSpec
+from fl_shadow.diagnostics import sparse_classes
 from fl_shadow.errors import ConfigError, DataError
 from fl_shadow.models import MODELS, ModelSpec
 from fl_shadow.report import check_writable_folder, one_line
@@ -53,6 +57,11 @@ log = logging.getLogger(__name__)
 
 #: Below this many public images a generator learns them by heart (a warning at load).
 FEW_PUBLIC_IMAGES = 16
+#: Below this many test images a class's share of macro-F1 rests on a handful of predictions
+#: (a warning at load naming the classes).
+MIN_TEST_IMAGES_PER_CLASS = 5
+#: Classes named in that warning; the rest are counted.
+MAX_CLASSES_NAMED = 10
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ def check_experiment(config: ExperimentConfig, *, data: bool = True) -> Componen
     """
     c = resolve_components(config)
     c.dataset.check_path(config.data.path)
+    c.dataset.check_options(config.data)
     c.model.check(norm=config.model.norm)
     c.strategy.check(c.strategy_params, config)
     c.defense.check(c.defense_params, config)
@@ -236,6 +246,13 @@ def _check_data(config: ExperimentConfig, c: Components) -> None:
         warnings.warn(f"data: the test split holds {len(splits.test)} images for "
                       f"{splits.num_classes} classes; accuracy and macro-F1 will be coarse",
                       stacklevel=3)
+    short = sparse_classes(splits.test.labels, splits.class_names,
+                           minimum=MIN_TEST_IMAGES_PER_CLASS)
+    if short:
+        warnings.warn(f"data: the test split holds fewer than {MIN_TEST_IMAGES_PER_CLASS} "
+                      f"images of {len(short)} of {splits.num_classes} classes "
+                      f"({_class_counts_text(short)}); their share of macro-F1 rests on a "
+                      "handful of predictions (raise data.test_fraction)", stacklevel=3)
     if c.needs_generator:
         public = len(splits.public)
         if public == 0:
@@ -245,6 +262,13 @@ def _check_data(config: ExperimentConfig, c: Components) -> None:
         if public < FEW_PUBLIC_IMAGES:
             warnings.warn(f"data: the generator learns from {public} public images only; it "
                           "will reproduce them rather than the domain", stacklevel=3)
+
+
+def _class_counts_text(counts: list[tuple[str, int]]) -> str:
+    """``glioma: 2, meningioma: 0`` (the first :data:`MAX_CLASSES_NAMED`, then how many more)."""
+    named = ", ".join(f"{name}: {n}" for name, n in counts[:MAX_CLASSES_NAMED])
+    more = len(counts) - MAX_CLASSES_NAMED
+    return named + (f", and {more} more" if more > 0 else "")
 
 
 #: Copies of the model's numbers a run holds at once: the global model, a client's model,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +41,7 @@ from fl_shadow.checkpoint import Checkpoint, config_digest
 from fl_shadow.config import ExperimentConfig, load_config_dict, parse_yaml
 from fl_shadow.data import DatasetSplits, client_dataset, load_dataset
 from fl_shadow.defenses import Defense, describe_defense
+from fl_shadow.diagnostics import capture_warnings
 from fl_shadow.errors import ConfigError, ProtocolError, ResumeError
 from fl_shadow.generative import ImageGenerator
 from fl_shadow.generative.public import pretrained_generator
@@ -79,11 +80,15 @@ class Federation:
         config: the experiment.
         components: its resolved components (default: resolved here, without the machine
             and data checks :func:`~fl_shadow.apps.experiment.check_experiment` adds).
+        load_warnings: the messages those checks warned (see :func:`build_federation`); the
+            run's recorder writes them to its results folder.
     """
 
-    def __init__(self, config: ExperimentConfig, components: Components | None = None) -> None:
+    def __init__(self, config: ExperimentConfig, components: Components | None = None, *,
+                 load_warnings: Sequence[str] = ()) -> None:
         self.config = config
         self.components = components if components is not None else resolve_components(config)
+        self.load_warnings = tuple(load_warnings)
         self.device = resolve_device(config.train.device)
 
     # -- shared by both sides -----------------------------------------------------------------
@@ -336,7 +341,10 @@ class Federation:
                            resume.server_round if resume is not None else 0)
         initial = resume.arrays if resume is not None else self.initial_arrays()
         recorder = RunRecorder(run_dir, self.experiment_yaml, config.train.rounds,
-                               resume_after=resume.server_round if resume is not None else None)
+                               resume_after=resume.server_round if resume is not None else None,
+                               load_warnings=self.load_warnings,
+                               attack_name=attack.name if attack is not None
+                               else config.attack.name)
         hook = self.attack_hook(attack)
         scorer = self.scorer() if hook is not None else None
         s, n = config.strategy, config.partition.num_clients
@@ -370,8 +378,13 @@ class Federation:
 
 def build_federation(config: ExperimentConfig, *, check: bool = False) -> Federation:
     """The :class:`Federation` of ``config``; with ``check``, after the machine and data
-    checks of :func:`~fl_shadow.apps.experiment.check_experiment`."""
-    return Federation(config, check_experiment(config) if check else None)
+    checks of :func:`~fl_shadow.apps.experiment.check_experiment`, whose warnings the
+    federation keeps for its results folder (:attr:`Federation.load_warnings`)."""
+    if not check:
+        return Federation(config)
+    with capture_warnings() as caught:
+        components = check_experiment(config)
+    return Federation(config, components, load_warnings=caught)
 
 
 @functools.lru_cache(maxsize=4)

@@ -21,6 +21,10 @@ a FAB, without its path): paths then resolve against the ServerApp's working dir
 folder the SuperLink was started in), with a warning. The log prints the absolute results
 folder.
 
+The warnings of the experiment's checks at load (a small test split, few public images, ...)
+are recorded (:func:`fl_shadow.diagnostics.capture_warnings`) and written, with the end-of-run
+diagnostics, to the results folder's ``warnings.jsonl`` and ``summary.md``.
+
 The run's outcome is always in ``status.json`` (:mod:`fl_shadow.report`): ``completed``;
 ``failed`` with its cause in one line (a round without enough replies, a federation of the
 wrong size, any error of the server loop); ``stopped`` when Flower stops the ServerApp's
@@ -51,6 +55,7 @@ from fl_shadow.config import (
     resolve_config_path,
     resolve_paths,
 )
+from fl_shadow.diagnostics import capture_warnings
 from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.logs import route_to_flower
 from fl_shadow.report import RunRecorder, check_writable_folder, new_run_dir
@@ -141,14 +146,16 @@ def build_server(context: Context) -> tuple[CuriousServer, ServerConfig]:
     checkpoint = None
     try:
         project_dir = project_dir_of(run_config)
-        if is_resume(run_config):
-            config, checkpoint, run_dir = resume_from_run_config(run_config, project_dir)
-            federation = Federation(config, check_experiment(config))
+        with capture_warnings() as caught:  # the checks' warnings go to the results folder
+            if is_resume(run_config):
+                config, checkpoint, run_dir = resume_from_run_config(run_config, project_dir)
+                components = check_experiment(config)
+            else:
+                config, components = config_from_run_config(run_config, project_dir)
+                run_dir = run_dir_of(run_config, config, project_dir)
+        federation = Federation(config, components, load_warnings=caught)
+        if checkpoint is not None:
             federation.check_checkpoint(checkpoint)
-        else:
-            config, components = config_from_run_config(run_config, project_dir)
-            federation = Federation(config, components)
-            run_dir = run_dir_of(run_config, config, project_dir)
     except (ConfigError, ResumeError) as exc:
         log.error("cannot start: %s", exc)
         raise

@@ -48,7 +48,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import multiprocessing
 import os
 import subprocess
@@ -83,18 +82,21 @@ from fl_shadow.config import (
     resolve_config_path,
     settings,
 )
+from fl_shadow.diagnostics import (
+    WHERE_ATTACK,
+    capture_warnings,
+    label_recovery_warning,
+    training_warnings,
+)
 from fl_shadow.errors import ConfigError
 from fl_shadow.generative.inversion import LATENT_CACHE_ENV
 from fl_shadow.generative.public import pretrained_generator
-from fl_shadow.report import read_jsonl
+from fl_shadow.report import read_jsonl, read_warnings
 from fl_shadow.scoring import Scorer
 from fl_shadow.verdict import CellKey
 from strategies import ReceivedUpdate, Skipped
 
 log = logging.getLogger(__name__)
-
-#: A federation whose mean train loss ends this many times above where it started diverged.
-DIVERGENCE_FACTOR = 1.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,39 +363,16 @@ def replay(cell: FederationCell, run_dir: Path) -> tuple[Kept, dict[str, Any]]:
             kept.updates[(server_round, update.client_id)] = update
 
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_experiment(cell.config)  # its warnings (small splits, ...) belong in the record
+    with capture_warnings() as caught:  # the checks' (small splits, ...) and the replay's
+        check_experiment(cell.config)
         run = run_in_process(federation, run_dir, tap=tap)
     utility = read_jsonl(run_dir / "utility.jsonl")
     fits = read_jsonl(run_dir / "fit.jsonl")
     record = {"key": cell.key.to_json(), "config": cell.config.to_dict(), "utility": utility,
               "fit": fits, "seconds": time.perf_counter() - start, "state": run.state,
               "skipped_attacks": [list(s) for s in cell.skipped],
-              "warnings": sorted({str(w.message) for w in caught} | set(training_warnings(
-                  utility, fits)))}
+              "warnings": sorted(set(caught) | set(training_warnings(utility, fits)))}
     return kept, record
-
-
-def training_warnings(utility: Sequence[Mapping[str, Any]],
-                      fits: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Warnings a report must show: training that diverged or exploded."""
-    out = []
-    losses = [float(r["loss"]) for r in utility]
-    if any(not math.isfinite(v) for v in losses):
-        out.append("the global model's test loss became non-finite (training exploded)")
-    by_round: dict[int, list[float]] = {}
-    for row in fits:
-        if "train_loss" in row:
-            by_round.setdefault(int(row["round"]), []).append(float(row["train_loss"]))
-    if any(not math.isfinite(v) for vs in by_round.values() for v in vs):
-        out.append("a client's train loss became non-finite (training exploded)")
-    elif len(by_round) >= 2:
-        first, last = (float(np.mean(by_round[r])) for r in (min(by_round), max(by_round)))
-        if last > DIVERGENCE_FACTOR * first:
-            out.append(f"training diverged: the clients' mean train loss rose from {first:.3g} "
-                       f"(round {min(by_round)}) to {last:.3g} (round {max(by_round)})")
-    return out
 
 
 _SCORERS: dict[str, Scorer] = {}
@@ -441,11 +420,10 @@ def attack_cell(cell: FederationCell, attack: AttackAxis, kept: Kept) -> tuple[
         tag = f"r{server_round}c{client}"
         pictures[f"{tag}_truth"] = scores.matched_truth.numpy()
         pictures[f"{tag}_recon"] = scores.matched_reconstructions.numpy()
-        wrong = [i for i, hit in enumerate(scores.per_pair["label_correct"]) if hit < 1]
-        if wrong:
-            warned.append(f"{attack.label} recovered {len(wrong)} of "
-                          f"{len(scores.per_pair['label_correct'])} labels wrongly (round "
-                          f"{server_round}, client {client})")
+        wrong = label_recovery_warning(attack.label, scores.per_pair["label_correct"],
+                                       server_round=server_round, client=client)
+        if wrong is not None:
+            warned.append(wrong)
     record = {"key": cell.key.to_json(), "attack": attack.label, "name": attack.name,
               "params": dict(attack.params), "adaptive": attack.adaptive, "updates": updates,
               "seconds": time.perf_counter() - start, "warnings": warned}
@@ -543,6 +521,8 @@ def run_cell_with_flwr(cell: FederationCell, out_dir: Path) -> dict[str, Any]:
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
             raise RuntimeError(f"{cell.name} {label}: fl-shadow run failed: {tail[0]}")
+        # The run's own warnings: its checks at load, its training, its attack's labels.
+        run_warnings = read_warnings(run_dir)
         if not (folder / "federation.json").exists():
             utility, fits = read_jsonl(run_dir / "utility.jsonl"), read_jsonl(run_dir /
                                                                              "fit.jsonl")
@@ -550,7 +530,7 @@ def run_cell_with_flwr(cell: FederationCell, out_dir: Path) -> dict[str, Any]:
                 "key": cell.key.to_json(), "config": cell.config.to_dict(), "utility": utility,
                 "fit": fits, "seconds": time.perf_counter() - start, "state": "completed",
                 "skipped_attacks": [list(s) for s in cell.skipped],
-                "warnings": training_warnings(utility, fits)})
+                "warnings": [w.message for w in run_warnings if w.where != WHERE_ATTACK]})
         if attack is not None:
             updates = []
             for row in read_jsonl(run_dir / "privacy.jsonl"):
@@ -565,7 +545,8 @@ def run_cell_with_flwr(cell: FederationCell, out_dir: Path) -> dict[str, Any]:
             write_json(folder / f"attack-{attack.label}.json", {
                 "key": cell.key.to_json(), "attack": attack.label, "name": attack.name,
                 "params": dict(attack.params), "adaptive": attack.adaptive,
-                "updates": updates, "warnings": []})
+                "updates": updates,
+                "warnings": [w.message for w in run_warnings if w.where == WHERE_ATTACK]})
     return {"cell": cell.name, "attacks": len(todo), "seconds": time.perf_counter() - start}
 
 
@@ -673,4 +654,4 @@ def read_records(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 __all__ = ["AttackAxis", "DefenseAxis", "FederationCell", "Kept", "SweepSpec", "attack_cell",
            "cell_name", "is_done", "load_sweep", "plan", "read_records", "replay",
-           "run_cell", "run_sweep", "strength_text", "training_warnings"]
+           "run_cell", "run_sweep", "strength_text"]

@@ -9,6 +9,8 @@ Registered datasets:
 
 - ``mni152`` (default, offline): brain-MRI slices of the MNI152 template that ships in nilearn,
   six plane-by-level classes (:mod:`fl_shadow.data.mni152`).
+- ``ct_head``: slices of a real patient's head CT from Debian's ``invesalius-examples``
+  package, the same six classes (:mod:`fl_shadow.data.ct_head`; ``make install`` fetches it).
 - ``medmnist``: a MedMNIST ``.npz`` (:mod:`fl_shadow.data.medmnist`).
 - ``imagefolder``: class-per-folder images (:mod:`fl_shadow.data.imagefolder`).
 
@@ -31,7 +33,7 @@ from typing import Literal
 
 from fl_shadow.config import DataConfig
 from fl_shadow.errors import ConfigError
-from fl_shadow.data import imagefolder, medmnist, mni152
+from fl_shadow.data import ct_head, imagefolder, medmnist, mni152
 from fl_shadow.data.base import DatasetSplits, ImageSet, denormalize, normalize
 from fl_shadow.data.cache import cache_root
 from fl_shadow.data.partition import (client_dataset, dirichlet_partition, iid_partition,
@@ -87,6 +89,10 @@ class DatasetSpec:
         suffixes: accepted file suffixes of a ``file`` path.
         memory: ``memory(cfg) -> MemoryNeed`` without loading anything (None: unknown, e.g.
             a file still to download), checked against the machine at load.
+        options: the optional ``data`` keys (those that default to None) this dataset reads;
+            setting another one is refused at load rather than silently ignored (a
+            ``data.patients`` table given to ``mni152`` would otherwise split nothing by patient
+            and say nothing).
     """
 
     name: str
@@ -95,6 +101,15 @@ class DatasetSpec:
     path_required: bool = False
     suffixes: tuple[str, ...] = ()
     memory: Callable[[DataConfig], MemoryNeed | None] | None = None
+    options: frozenset[str] = frozenset()
+
+    def check_options(self, cfg: DataConfig) -> None:
+        """Refuse an optional ``data`` key this dataset does not read (at load)."""
+        for key in OPTIONAL_DATA_KEYS - self.options:
+            if getattr(cfg, key) is not None:
+                reads = ", ".join(f"data.{k}" for k in sorted(self.options)) or "none"
+                raise ConfigError(f"data.{key}: the {self.name} dataset does not read it; remove "
+                                  f"it (optional data keys it reads: {reads})")
 
     def check_path(self, path: str | None) -> None:
         """Refuse a ``data.path`` of the wrong kind, before anything loads (at load)."""
@@ -121,8 +136,19 @@ class DatasetSpec:
                                   f"(the {self.name} dataset)")
 
 
+OPTIONAL_DATA_KEYS = frozenset({"patients", "public_fraction"})
+"""The ``data`` keys that default to None and that only some datasets read."""
+
+
 def _mni152_memory(cfg: DataConfig) -> MemoryNeed:
     n = mni152.image_count(cfg)
+    return MemoryNeed(n, cfg.channels, cfg.image_size, source_bytes=n * cfg.image_size ** 2)
+
+
+def _ct_head_memory(cfg: DataConfig) -> MemoryNeed | None:
+    n = ct_head.image_count(cfg)
+    if n is None:
+        return None  # the source is missing: loading says so in one line
     return MemoryNeed(n, cfg.channels, cfg.image_size, source_bytes=n * cfg.image_size ** 2)
 
 
@@ -141,11 +167,16 @@ def _imagefolder_memory(cfg: DataConfig) -> MemoryNeed:
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", config_key="data.dataset")
-DATASETS.add(DatasetSpec("mni152", mni152.load, memory=_mni152_memory))
+DATASETS.add(DatasetSpec("mni152", mni152.load, memory=_mni152_memory,
+                         options=frozenset({"public_fraction"})))
+DATASETS.add(DatasetSpec("ct_head", ct_head.load, path="file", suffixes=(".deb", ".inv3"),
+                         memory=_ct_head_memory, options=frozenset({"public_fraction"})))
+# MedMNIST's own val split is the public split: neither key applies
 DATASETS.add(DatasetSpec("medmnist", medmnist.load, path="file", suffixes=(".npz",),
                          memory=_medmnist_memory))
 DATASETS.add(DatasetSpec("imagefolder", imagefolder.load, path="folder", path_required=True,
-                         memory=_imagefolder_memory))
+                         memory=_imagefolder_memory,
+                         options=frozenset({"patients", "public_fraction"})))
 
 
 def load_dataset(cfg: DataConfig, *, seed: int) -> DatasetSplits:
