@@ -16,8 +16,9 @@ sweep's folder at any time and its numbers checked against the rows.
 The unit of replication is the seed: a cell's figure is, per seed, the mean over its attacked
 images (every attacked round and client), then the mean over seeds with a Student-t interval
 (:func:`fl_shadow.metrics.mean_ci`). The **worst case** is an attack of its own,
-:data:`WORST_CASE`: per attacked image, the most any attack of the sweep leaked, score by
-score (:func:`fl_shadow.metrics.worst_case`'s rule: the maximum, the minimum for distances).
+:data:`WORST_CASE`: per image that every attack of its cell attacked, the most any of them
+leaked, score by score (:func:`fl_shadow.metrics.worst_case`'s rule: the maximum, the minimum
+for distances); images only some attacks saw stay in those attacks' rows.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ WORST_CASE = "worst case"
 EXTRA_SCORES = ("fg_psnr", "fg_ssim", "fg_lpips", "label_correct", "ref_correct")
 #: The scores of the no-information baseline and the leakage above it.
 BASELINE_PREFIXES = ("prior", "nearest", "leak")
+
+
+def strength_text(value: Any) -> str:
+    """A strength for cell names and tables: ``0.1``, ``90``, ``1-2-3`` for a list of rounds;
+    ``""`` for a fixed defense (None). Cell folder names are built from it: changing it renames
+    every cell and a killed sweep would no longer resume."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(strength_text(v) for v in value) or "none"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -120,9 +134,16 @@ def scored_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def with_worst_case(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` plus one :data:`WORST_CASE` row per attacked image: each score the most any
-    attack leaked (max; min for LPIPS). Baseline scores (``prior_*``, ``nearest_*``) do not
-    depend on the attack and are carried over; ``leak_*`` follow their score."""
+    """``rows`` plus one :data:`WORST_CASE` row per image that **every** attack of its cell
+    attacked: each score the most any attack leaked (max; min for LPIPS). Baseline scores
+    (``prior_*``, ``nearest_*``) do not depend on the attack and are carried over; ``leak_*``
+    follow their score.
+
+    Images only some attacks saw (a sweep attacking the last round with Inverting Gradients
+    alone, an update one attack skipped) get no worst-case row: with them the worst case would
+    average a different set of images than each attack's row and could come out *below* the
+    strongest attack's mean, which is the opposite of what the row claims. They stay in their
+    own attack's row."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["attack"] == WORST_CASE:
@@ -133,8 +154,13 @@ def with_worst_case(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                              "image_index)")
         groups[(row["key"], row["round"], row["client"], row["image_index"])].append(row)
     names = scored_names(rows)
+    attacks_of: dict[Any, set[str]] = defaultdict(set)
+    for (key, *_), members in groups.items():
+        attacks_of[key].update(str(m["attack"]) for m in members)
     out = [dict(r) for r in rows]
-    for members in groups.values():
+    for (key, *_), members in groups.items():
+        if {str(m["attack"]) for m in members} != attacks_of[key]:
+            continue
         worst: dict[str, Any] = {k: members[0][k] for k in
                                  ("key", "round", "client", "num_images", "batch_size",
                                   "image_index") if k in members[0]}
@@ -271,5 +297,6 @@ def lower_is_more_leaked(name: str) -> bool:
 
 __all__ = ["BASELINE_PREFIXES", "CellKey", "EXTRA_SCORES", "Setting", "WORST_CASE",
            "image_rows", "lower_is_more_leaked", "privacy_differences", "privacy_table",
-           "scored_names", "seed_means", "settings_of", "utility_table", "utility_values",
+           "scored_names", "seed_means", "settings_of", "strength_text", "utility_table",
+           "utility_values",
            "with_worst_case"]

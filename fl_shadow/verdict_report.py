@@ -49,6 +49,7 @@ from fl_shadow.verdict import (
     privacy_differences,
     privacy_table,
     settings_of,
+    strength_text,
     utility_table,
     with_worst_case,
 )
@@ -71,9 +72,9 @@ UNJUDGED = "not judged (no prior baseline recorded)"
 RISK_CATEGORIES = (RECOGNISABLE, PARTLY, NOT_BEYOND_PRIOR, UNJUDGED)
 
 RISK_RULE = (
-    "Each attacked image is judged on its worst attack (per score, the most any attack of the "
-    "sweep leaked) against the prior, the public split's mean image (what an attacker can show "
-    "without the hospital's update). "
+    "Each image that every attack of its cell attacked is judged on its worst attack (per "
+    "score, the most any of them leaked) against the prior, the public split's mean image "
+    "(what an attacker can show without the hospital's update). "
     f"'{RECOGNISABLE}': SSIM up to brightness/contrast at least {RECOGNISABLE_SSIM_AFFINE:g} "
     f"and at least {RECOGNISABLE_LEAK_SSIM_AFFINE:g} above the prior's. "
     f"'{PARTLY}': otherwise, SSIM up to brightness/contrast above the prior's, or PSNR up to "
@@ -113,16 +114,20 @@ class SweepRecords:
     folders: dict[CellKey, Path]
 
 
+class NotASweepFolder(ValueError):
+    """The folder holds no sweep records (a wrong ``--out``, or a sweep not run yet)."""
+
+
 def read_sweep(out_dir: Path) -> SweepRecords:
     """Read a sweep's folder (see the module docstring).
 
     Raises:
-        FileNotFoundError: ``out_dir/cells`` does not exist.
-        ValueError: no cell holds a federation record.
+        NotASweepFolder: ``out_dir/cells`` does not exist, or no cell holds a federation
+            record.
     """
     cells = Path(out_dir) / "cells"
     if not cells.is_dir():
-        raise FileNotFoundError(f"not a sweep folder: {cells} does not exist")
+        raise NotASweepFolder(f"not a sweep folder: {cells} does not exist")
     sweep_file = Path(out_dir) / "sweep.json"
     sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
     federations, attacks, folders = [], [], {}
@@ -136,7 +141,7 @@ def read_sweep(out_dir: Path) -> SweepRecords:
             attacks.append(record)
             folders.setdefault(CellKey.from_json(record["key"]), folder)
     if not federations:
-        raise ValueError(f"no federation record under {cells} (has the sweep run?)")
+        raise NotASweepFolder(f"no federation record under {cells} (has the sweep run?)")
     return SweepRecords(spec=dict(sweep.get("spec", {})), planned=list(sweep.get("cells", [])),
                         federations=federations, attacks=attacks, folders=folders)
 
@@ -295,7 +300,7 @@ def setting_label(setting: Setting, spec: Mapping[str, Any]) -> str:
     defense, strength, grid = setting
     text = defense
     if strength is not None:
-        text += f", {strength_key(defense, spec)} = {strength:g}"
+        text += f", {strength_key(defense, spec)} = {strength_text(strength)}"
     for key, value in grid:
         text += f", {key} = {value}"
     return text
@@ -394,7 +399,7 @@ def _table_rows(verdict: Verdict) -> list[TableRow]:
 
 def _cell_text(raw_key: Mapping[str, Any]) -> str:
     key = CellKey.from_json(raw_key)
-    strength = "" if key.strength is None else f" {key.strength:g}"
+    strength = "" if key.strength is None else f" {strength_text(key.strength)}"
     grid = "".join(f", {k} = {v}" for k, v in key.grid)
     return f"{key.defense}{strength}{grid}, seed {key.seed}"
 
@@ -486,11 +491,6 @@ def _significance_note(interval: Interval) -> str:
     return "" if interval.excludes_zero else " (not significant)"
 
 
-def strength_text(strength: float | None) -> str:
-    """``"0.1"``; ``""`` for a fixed defense."""
-    return "" if strength is None else f"{strength:g}"
-
-
 def _is_reference(verdict: Verdict, setting: Setting) -> bool:
     return setting[0] == verdict.reference
 
@@ -547,7 +547,7 @@ def table_cells(verdict: Verdict) -> list[list[str]]:
         defense = verdict.label((row.setting[0], None, row.setting[2]))
         strength = ("" if row.setting[1] is None else
                     f"{strength_key(row.setting[0], verdict.records.spec)} = "
-                    f"{row.setting[1]:g}")
+                    f"{strength_text(row.setting[1])}")
         out.append([defense, strength, row.attack,
                     *(_cell_value(verdict, row, c) for c in COLUMNS), str(row.seeds)])
     return out
@@ -591,7 +591,9 @@ TABLE_NOTE = (
     "Mean ± 95% Student-t interval over seeds (per seed: the mean over every attacked image, "
     "round and client). 'up to b/c' = after the best per-image brightness/contrast map; "
     "'above prior' = minus the public mean image's score (positive = leaked). "
-    f"'{WORST_CASE}' = per image, the most any attack leaked. Δ = paired by seed against the "
+    f"'{WORST_CASE}' = per image, the most any attack leaked, over the images every attack "
+    "attacked (an attack that alone attacked other rounds has those only in its own row). "
+    "Δ = paired by seed against the "
     "reference; on the worst-case row it is the worst case's. * = the interval excludes 0 "
     "(significant). Utility columns are the final round's and repeat on every attack's row.")
 
@@ -620,8 +622,7 @@ def write_table_csv(verdict: Verdict, path: Path) -> None:
         writer.writeheader()
         for row in verdict.table:
             out: dict[str, Any] = {"kind": "result", "defense": row.setting[0],
-                                   "strength": "" if row.setting[1] is None else
-                                   repr(float(row.setting[1])),
+                                   "strength": _strength_csv(row.setting[1]),
                                    "grid": json.dumps([list(kv) for kv in row.setting[2]]),
                                    "attack": row.attack, "seeds": row.seeds}
             for column in COLUMNS:
@@ -654,6 +655,15 @@ def _half(interval: Interval) -> float:
     return interval.half_width if math.isfinite(interval.half_width) else 0.0
 
 
+def _strength_csv(strength: Any) -> str:
+    """Exact in the CSV: ``repr`` of a number, JSON of a list (CENSOR's rounds)."""
+    if strength is None:
+        return ""
+    if isinstance(strength, (list, tuple)):
+        return json.dumps(list(strength))
+    return repr(float(strength))
+
+
 def _curves(verdict: Verdict) -> dict[tuple[str, tuple[tuple[str, Any], ...]], list[Setting]]:
     """Per (defense, grid point), its settings in order of strength."""
     curves: dict[tuple[str, tuple[tuple[str, Any], ...]], list[Setting]] = {}
@@ -667,6 +677,16 @@ PARETO_CAPTION = (
     "defense at one strength (labelled), mean ± 95% interval over seeds on both axes; the "
     "star is the reference; the dashed line is the public mean image, what an attacker shows "
     "with no information (below it, the worst attack shows less than public data).")
+
+
+def _clip_axis(set_lim: Callable[..., Any], limits: tuple[float, float], low: float | None,
+               high: float | None) -> None:
+    """Keep an axis within the score's range (plus a 2% margin of it)."""
+    margin = 0.02 * ((high if high is not None else limits[1])
+                     - (low if low is not None else limits[0]))
+    left = limits[0] if low is None else max(limits[0], low - margin)
+    right = limits[1] if high is None else min(limits[1], high + margin)
+    set_lim(left, right)
 
 
 def plot_pareto(verdict: Verdict, path: Path) -> None:
@@ -693,11 +713,15 @@ def plot_pareto(verdict: Verdict, path: Path) -> None:
                         label=label)
             for s, x, y in points:
                 if s[1] is not None:
-                    ax.annotate(f"{s[1]:g}", (x.mean, y.mean), textcoords="offset points",
-                                xytext=(6, 5), fontsize=8)
+                    ax.annotate(strength_text(s[1]), (x.mean, y.mean),
+                                textcoords="offset points", xytext=(6, 5), fontsize=8)
         if score in prior:
             ax.axhline(prior[score].mean, color="grey", linestyle="--", linewidth=1,
                        label="public mean image (prior)")
+        # an interval of 2-3 seeds can reach past [0, 1]; the score cannot
+        _clip_axis(ax.set_xlim, ax.get_xlim(), 0.0, 1.0)
+        if score.startswith("ssim"):
+            _clip_axis(ax.set_ylim, ax.get_ylim(), None, 1.0)
         ax.set_xlabel("macro-F1 (test set, final round)")
         ax.set_ylabel(f"worst-case {name}")
         ax.set_title(f"worst-case {name.split(' (')[0]} vs macro-F1", fontsize=10)
@@ -1379,8 +1403,8 @@ def write_report(out_dir: Path, *, reference: str | None = None) -> ReportFiles:
         The files written.
 
     Raises:
-        FileNotFoundError: ``out_dir`` is not a sweep folder.
-        ValueError: no federation record, or ``reference`` is not a defense of the sweep.
+        NotASweepFolder: ``out_dir`` is not a sweep folder or holds no federation record.
+        ValueError: ``reference`` is not a defense of the sweep.
     """
     records = read_sweep(Path(out_dir))
     reference = reference if reference is not None else str(

@@ -16,6 +16,8 @@ import json
 import math
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -348,15 +350,25 @@ def test_pictures_follow_each_attacks_pair_order(tmp_path: Path) -> None:
 
 
 def test_invalid_folders_and_references_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not a sweep folder"):
+    with pytest.raises(vr.NotASweepFolder, match="not a sweep folder"):
         vr.write_report(tmp_path)
     (tmp_path / "cells").mkdir()
-    with pytest.raises(ValueError, match="no federation record under"):
+    with pytest.raises(vr.NotASweepFolder, match="no federation record under"):
         vr.write_report(tmp_path)
     root = build_sweep(tmp_path / "sweep")
     with pytest.raises(ValueError, match=r"reference: expected one of the sweep's defenses "
                                          r"\['dp', 'fedavg'\], got 'fedprox'"):
         vr.write_report(root, reference="fedprox")
+
+
+def test_report_only_on_a_folder_without_records_is_one_line(tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "sweeps" / "cpu.yaml"
+    proc = subprocess.run([sys.executable, "-m", "fl_shadow.apps.cli", "sweep", str(spec),
+                           "--out", str(tmp_path / "nothing"), "--report-only"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"fl-shadow: --out: not a sweep folder: {tmp_path / 'nothing' / 'cells'} does not exist"]
 
 
 def test_interval_text_marks_only_significant_differences() -> None:

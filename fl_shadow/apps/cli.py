@@ -51,7 +51,7 @@ from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.report import check_writable_folder, new_run_dir, read_warnings
 from fl_shadow.training import resolve_device
-from fl_shadow.verdict_report import write_report
+from fl_shadow.verdict_report import NotASweepFolder, write_report
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
@@ -191,7 +191,10 @@ def sweep(args: argparse.Namespace) -> int:
         for _ in sweeps.run_sweep(spec, cells, out, jobs=args.jobs or spec.jobs,
                                   engine=args.engine):
             pass
-    files = write_report(out, reference=spec.reference)
+    try:
+        files = write_report(out, reference=spec.reference)
+    except NotASweepFolder as exc:
+        raise ConfigError(f"--out: {exc}") from None
     print(f"fl-shadow: report {files.html}", flush=True)
     return 0
 

@@ -93,7 +93,7 @@ from fl_shadow.generative.inversion import LATENT_CACHE_ENV
 from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.report import read_jsonl, read_warnings
 from fl_shadow.scoring import Scorer
-from fl_shadow.verdict import CellKey
+from fl_shadow.verdict import CellKey, strength_text
 from strategies import ReceivedUpdate, Skipped
 
 log = logging.getLogger(__name__)
@@ -238,15 +238,6 @@ class FederationCell:
         return dataclasses.replace(self.config, attack=dataclasses.replace(
             self.config.attack, name=attack.name, params=dict(attack.params),
             adaptive=attack.adaptive))
-
-
-def strength_text(value: Any) -> str:
-    """A strength for names and tables: ``0.1``, ``1-3`` for a list of rounds."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "-".join(strength_text(v) for v in value) or "none"
-    return str(value)
 
 
 def cell_name(key: CellKey) -> str:
@@ -654,4 +645,4 @@ def read_records(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 __all__ = ["AttackAxis", "DefenseAxis", "FederationCell", "Kept", "SweepSpec", "attack_cell",
            "cell_name", "is_done", "load_sweep", "plan", "read_records", "replay",
-           "run_cell", "run_sweep", "strength_text"]
+           "run_cell", "run_sweep"]

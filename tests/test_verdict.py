@@ -1,0 +1,53 @@
+"""The verdict's worst case and strength labels, by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from fl_shadow import verdict
+from fl_shadow.verdict import WORST_CASE, CellKey
+
+
+def row(key: CellKey, attack: str, round_: int, image: int, psnr: float,
+        lpips: float) -> dict:
+    return {"key": key, "attack": attack, "round": round_, "client": 0, "image_index": image,
+            "num_images": 1, "psnr_affine": psnr, "lpips": lpips}
+
+
+KEY = CellKey(defense="fedavg", strength=None, grid=(), seed=0)
+
+
+def test_the_worst_case_is_per_image_the_most_any_attack_leaked() -> None:
+    rows = [row(KEY, "ig", 1, 0, 20.0, 0.3), row(KEY, "gi", 1, 0, 30.0, 0.4),
+            row(KEY, "ig", 1, 1, 25.0, 0.1), row(KEY, "gi", 1, 1, 22.0, 0.2)]
+    worst = [r for r in verdict.with_worst_case(rows) if r["attack"] == WORST_CASE]
+    assert [(r["image_index"], r["psnr_affine"], r["lpips"]) for r in worst] == [
+        (0, 30.0, 0.3), (1, 25.0, 0.1)]  # max PSNR, min LPIPS, attack by attack
+
+
+def test_images_only_some_attacks_saw_have_no_worst_case_row() -> None:
+    # IG alone attacked round 10 (at 15 dB). Averaged in, the worst case would be
+    # (30 + 15) / 2 = 22.5 dB, below GradInversion's own 30 dB on round 1.
+    rows = [row(KEY, "ig", 1, 0, 20.0, 0.3), row(KEY, "gi", 1, 0, 30.0, 0.4),
+            row(KEY, "ig", 10, 0, 15.0, 0.5)]
+    worst = [r for r in verdict.with_worst_case(rows) if r["attack"] == WORST_CASE]
+    assert [(r["round"], r["psnr_affine"]) for r in worst] == [(1, 30.0)]
+    table = verdict.privacy_table(verdict.with_worst_case(rows), ["psnr_affine"])
+    assert table[(KEY.setting, WORST_CASE)]["psnr_affine"].mean == 30.0
+    assert table[(KEY.setting, "ig")]["psnr_affine"].mean == pytest.approx(17.5)
+
+
+def test_a_cell_that_skips_an_attack_keeps_its_worst_case() -> None:
+    # The attacks are those of the cell: a defense the adaptive attacker cannot model skips it.
+    other = CellKey(defense="latent-minimax", strength=1.0, grid=(), seed=0)
+    rows = [row(KEY, "ig", 1, 0, 20.0, 0.3), row(KEY, "gi-adaptive", 1, 0, 21.0, 0.3),
+            row(other, "ig", 1, 0, 12.0, 0.6)]
+    worst = {r["key"].defense: r["psnr_affine"] for r in verdict.with_worst_case(rows)
+             if r["attack"] == WORST_CASE}
+    assert worst == {"fedavg": 21.0, "latent-minimax": 12.0}
+
+
+@pytest.mark.parametrize(("value", "text"), [(None, ""), (0.003, "0.003"), (90, "90"),
+                                             (1.0, "1"), ((1, 2, 3), "1-2-3"), ([], "none")])
+def test_strength_text(value: object, text: str) -> None:
+    assert verdict.strength_text(value) == text
