@@ -8,6 +8,8 @@
   :data:`~fl_shadow.verdict.WORST_CASE`), every figure as mean ± 95% interval over seeds
   (:mod:`fl_shadow.verdict`), and the no-information baselines (the public mean image, the
   closest public image);
+* ``headlines.md``: one row per defense setting: the worst case, its paired change against
+  the reference (also raw PSNR/SSIM, the scale papers report), macro-F1 and its change;
 * ``pareto.png``: worst-case leakage against macro-F1, one curve per defense over its strengths;
 * ``mosaic.png``: the first seed's attacked images and, per defense, the reconstruction of the
   attack that leaked most on each (worst case by PSNR up to brightness and contrast);
@@ -323,7 +325,8 @@ def build_verdict(records: SweepRecords, reference: str) -> Verdict:
     verdict = Verdict(records=records, reference=reference, rows=rows, settings=settings,
                       attacks=attacks, privacy=privacy_table(rows),
                       deltas=privacy_differences(rows, reference,
-                                                 names=("psnr_affine", "ssim_affine")),
+                                                 names=("psnr_affine", "ssim_affine", "psnr",
+                                                        "ssim")),
                       utility=utility_table(usable, reference) if usable else {},
                       warnings=warnings_)
     verdict.table = _table_rows(verdict)
@@ -596,6 +599,64 @@ TABLE_NOTE = (
     "Δ = paired by seed against the "
     "reference; on the worst-case row it is the worst case's. * = the interval excludes 0 "
     "(significant). Utility columns are the final round's and repeat on every attack's row.")
+
+
+#: The headline table: per setting, the worst case and its paired change against the
+#: reference. ``(title, source, key, digits, paired)``; source ``worst``: the worst-case row's
+#: score, ``delta``: its paired difference, ``utility``: the utility table.
+HEADLINE_COLUMNS: tuple[tuple[str, str, str, int, bool], ...] = (
+    ("worst PSNR b/c (dB)", "worst", "psnr_affine", 2, False),
+    ("Δ PSNR b/c (dB)", "delta", "psnr_affine", 2, True),
+    ("worst SSIM b/c", "worst", "ssim_affine", 3, False),
+    ("Δ SSIM b/c", "delta", "ssim_affine", 3, True),
+    ("Δ PSNR raw (dB)", "delta", "psnr", 2, True),
+    ("Δ SSIM raw", "delta", "ssim", 3, True),
+    ("SSIM b/c above prior", "worst", "leak_ssim_affine", 3, False),
+    ("macro-F1", "utility", "macro_f1", 3, False),
+    ("Δ macro-F1", "utility", "d_macro_f1", 3, True),
+    ("round time (×)", "utility", "time_ratio", 2, False))
+HEADLINE_NOTE = (
+    "One row per defense setting, judged by the worst case (per image, the most any attack "
+    "leaked). Δ = paired by seed against the reference (negative PSNR/SSIM = less leaked); "
+    "* = the 95% interval excludes 0. 'raw' = without the brightness/contrast map (the scale "
+    "papers report); 'above prior' = minus the public mean image's score.")
+
+
+def headline_header() -> list[str]:
+    return ["defense", "strength", *(c[0] for c in HEADLINE_COLUMNS), "seeds"]
+
+
+def headline_cells(verdict: Verdict) -> list[list[str]]:
+    """:data:`HEADLINE_COLUMNS` per setting, in the report's order."""
+    out = []
+    for setting in verdict.settings:
+        reference = _is_reference(verdict, setting)
+        strength = ("" if setting[1] is None else
+                    f"{strength_key(setting[0], verdict.records.spec)} = "
+                    f"{strength_text(setting[1])}")
+        row = [verdict.label((setting[0], None, setting[2])), strength]
+        for _, source, key, digits, paired in HEADLINE_COLUMNS:
+            if paired and reference:
+                row.append("ref.")
+                continue
+            if source == "worst":
+                value = verdict.worst(setting, key)
+            elif source == "delta":
+                value = verdict.deltas.get((setting, WORST_CASE), {}).get(key)
+            else:
+                value = verdict.utility.get(setting, {}).get(key)
+            row.append(interval_text(value, digits, paired=paired))
+        seeds = verdict.privacy.get((setting, WORST_CASE), {}).get("psnr_affine")
+        row.append(str(seeds.n) if seeds is not None else MISSING)
+        out.append(row)
+    return out
+
+
+def write_headlines_markdown(verdict: Verdict, path: Path) -> None:
+    path.write_text("\n".join([f"# Headlines (reference: {verdict.reference})", "",
+                               HEADLINE_NOTE, "",
+                               _markdown_table(headline_header(), headline_cells(verdict)),
+                               ""]))
 
 
 def write_table_markdown(verdict: Verdict, path: Path) -> None:
@@ -1324,7 +1385,8 @@ def render_html(verdict: Verdict, files: ReportFiles, *, mosaic_caption: str | N
     out.append("</dl>")
     out.append("<h2>Verdict per defense</h2><ul>")
     out += [f"<li>{_e(headline(verdict, s))}</li>" for s in verdict.settings]
-    out.append("</ul>")
+    out.append(f"</ul><p>{_e(HEADLINE_NOTE)}</p>")
+    out.append(_html_table(headline_header(), headline_cells(verdict), text_columns=2))
     out.append("<h2 id=warnings>Warnings</h2>")
     if groups:
         out.append("<ul class=warn>")
@@ -1373,6 +1435,7 @@ class ReportFiles:
         folder: the report's folder.
         html: the self-contained page.
         table_md, table_csv: the table.
+        headlines_md: one row per defense setting: the worst case, its change, the cost.
         risk_md: the per-hospital risk.
         pareto_png: privacy against utility.
         mosaic_png: the reconstructions (None: the sweep recorded none).
@@ -1384,6 +1447,7 @@ class ReportFiles:
     html: Path
     table_md: Path
     table_csv: Path
+    headlines_md: Path
     risk_md: Path
     pareto_png: Path
     mosaic_png: Path | None
@@ -1416,6 +1480,7 @@ def write_report(out_dir: Path, *, reference: str | None = None) -> ReportFiles:
     pictures = Pictures(records.folders)
 
     write_table_markdown(verdict, folder / "table.md")
+    write_headlines_markdown(verdict, folder / "headlines.md")
     write_table_csv(verdict, folder / "table.csv")
     plot_pareto(verdict, folder / "pareto.png")
     rounds_png = None
@@ -1433,6 +1498,7 @@ def write_report(out_dir: Path, *, reference: str | None = None) -> ReportFiles:
                         folder / "risk.md")
     files = ReportFiles(folder=folder, html=folder / "report.html",
                         table_md=folder / "table.md", table_csv=folder / "table.csv",
+                        headlines_md=folder / "headlines.md",
                         risk_md=folder / "risk.md", pareto_png=folder / "pareto.png",
                         mosaic_png=folder / "mosaic.png" if mosaic_caption else None,
                         rounds_png=rounds_png, hospital_pngs=hospital_pngs)
