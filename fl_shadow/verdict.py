@@ -166,18 +166,58 @@ def with_worst_case(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                                   "image_index") if k in members[0]}
         worst["attack"] = WORST_CASE
         worst["attacks"] = sorted(str(m["attack"]) for m in members)
-        for name in names:
-            if not all(name in m for m in members):
-                continue
-            if name.startswith(("prior_", "nearest_")):
-                worst[name] = members[0][name]
-                continue
-            if name.startswith("leak_"):  # signed so that more is always more leaked
-                worst[name] = max(float(m[name]) for m in members)
-                continue
-            values = [float(m[name]) for m in members]
-            worst[name] = min(values) if lower_is_more_leaked(name) else max(values)
+        worst.update(_most_leaked_scores(members, names))
         out.append(worst)
+    return out
+
+
+def most_exposed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell, client and image: each score the most **any** attack leaked in **any** round
+    that attacked the image (max; min for LPIPS), over the attack rows of ``rows``
+    (:data:`WORST_CASE` rows are ignored).
+
+    This is the patient's view, which the per-hospital risk report takes: an image a defense
+    protects in round 1 but that Inverting Gradients rebuilds in round 10 is exposed. Unlike
+    :func:`with_worst_case` it does not need every attack to have seen the image, so it is not
+    a like-for-like comparison across defenses (the headline tables are); it is the most a
+    curious server showed of that image. Each result carries ``rounds`` and ``attacks``: where
+    it was attacked."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["attack"] == WORST_CASE:
+            continue
+        if "image_index" not in row:
+            raise ValueError("most_exposed: a row has no image_index, so the same image cannot "
+                             "be found across rounds and attacks")
+        groups[(row["key"], row["client"], row["image_index"])].append(row)
+    names = scored_names(rows)
+    out = []
+    for (key, client, image), members in groups.items():
+        exposed: dict[str, Any] = {"key": key, "client": client, "image_index": image,
+                                   "rounds": sorted({int(m["round"]) for m in members}),
+                                   "attacks": sorted({str(m["attack"]) for m in members}),
+                                   "num_images": max(int(m["num_images"]) for m in members),
+                                   "batch_size": max(int(m.get("batch_size", 0))
+                                                     for m in members)}
+        exposed.update(_most_leaked_scores(members, names))
+        out.append(exposed)
+    return out
+
+
+def _most_leaked_scores(members: Sequence[Mapping[str, Any]], names: Sequence[str]
+                        ) -> dict[str, float]:
+    """Per score, the most any of ``members`` (rows of one image) leaked. Baseline scores
+    (``prior_*``, ``nearest_*``) do not depend on the attack and are carried over."""
+    out: dict[str, float] = {}
+    for name in names:
+        if not all(name in m for m in members):
+            continue
+        if name.startswith(("prior_", "nearest_")):
+            out[name] = float(members[0][name])
+            continue
+        values = [float(m[name]) for m in members]
+        # leak_* are signed so that more is always more leaked
+        out[name] = min(values) if lower_is_more_leaked(name) else max(values)
     return out
 
 
@@ -295,8 +335,22 @@ def lower_is_more_leaked(name: str) -> bool:
     return base in LOWER_MEANS_MORE_LEAKED
 
 
-__all__ = ["BASELINE_PREFIXES", "CellKey", "EXTRA_SCORES", "Setting", "WORST_CASE",
-           "image_rows", "lower_is_more_leaked", "privacy_differences", "privacy_table",
-           "scored_names", "seed_means", "settings_of", "strength_text", "utility_table",
-           "utility_values",
-           "with_worst_case"]
+__all__ = [
+    "BASELINE_PREFIXES",
+    "EXTRA_SCORES",
+    "WORST_CASE",
+    "CellKey",
+    "Setting",
+    "image_rows",
+    "lower_is_more_leaked",
+    "most_exposed",
+    "privacy_differences",
+    "privacy_table",
+    "scored_names",
+    "seed_means",
+    "settings_of",
+    "strength_text",
+    "utility_table",
+    "utility_values",
+    "with_worst_case",
+]

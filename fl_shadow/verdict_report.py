@@ -48,6 +48,7 @@ from fl_shadow.verdict import (
     CellKey,
     Setting,
     image_rows,
+    most_exposed,
     privacy_differences,
     privacy_table,
     settings_of,
@@ -73,17 +74,20 @@ UNJUDGED = "not judged (no prior baseline recorded)"
 #: The categories, most exposed first.
 RISK_CATEGORIES = (RECOGNISABLE, PARTLY, NOT_BEYOND_PRIOR, UNJUDGED)
 
+#: The risk report's per-image scores: the most any attack leaked in any round.
+EXPOSED = "most exposed"
+
 RISK_RULE = (
-    "Each image that every attack of its cell attacked is judged on its worst attack (per "
-    "score, the most any of them leaked) against the prior, the public split's mean image "
-    "(what an attacker can show without the hospital's update). "
+    "Each attacked image is judged at its most exposed: per score, the most any attack leaked "
+    "in any round that attacked it (an image protected in round 1 but rebuilt in round 10 is "
+    "exposed), against the prior, the public split's mean image (what an attacker can show "
+    "without the hospital's update). "
     f"'{RECOGNISABLE}': SSIM up to brightness/contrast at least {RECOGNISABLE_SSIM_AFFINE:g} "
     f"and at least {RECOGNISABLE_LEAK_SSIM_AFFINE:g} above the prior's. "
     f"'{PARTLY}': otherwise, SSIM up to brightness/contrast above the prior's, or PSNR up to "
     f"brightness/contrast more than {PARTLY_LEAK_PSNR_AFFINE_DB:g} dB above the prior's. "
-    f"'{NOT_BEYOND_PRIOR}': neither. An image attacked in several rounds counts once, at its "
-    "most exposed round. Shares: per seed, then their mean over seeds with its 95% interval "
-    "in brackets (clipped to 0-100%).")
+    f"'{NOT_BEYOND_PRIOR}': neither. Each image counts once per seed. Shares: per seed, then "
+    "their mean over seeds with its 95% interval in brackets (clipped to 0-100%).")
 
 #: More settings than this in the mosaic: each defense only at its most private strength.
 MAX_MOSAIC_ROWS = 8
@@ -1067,8 +1071,9 @@ class HospitalRisk:
         counts: per category of :data:`RISK_CATEGORIES`, the attacked images (pooled over
             seeds; an image once, at its most exposed round).
         shares: per category, the share of the images per seed, mean ± interval over seeds.
-        scores: the worst case's ``ssim_affine``, ``psnr_affine``, ``leak_*`` and
-            ``prior_ssim_affine`` on this hospital's images (mean ± interval over seeds).
+        scores: ``ssim_affine``, ``psnr_affine``, ``leak_*`` and ``prior_ssim_affine`` of this
+            hospital's images, each at its most exposed (every attack and round), mean ±
+            interval over seeds.
     """
 
     setting: Setting
@@ -1116,44 +1121,43 @@ def _rank(category: str) -> int:
 
 
 def hospital_risks(verdict: Verdict) -> list[Hospital]:
-    """Per attacked hospital, per setting, its images by :func:`risk_category`."""
-    worst_rows = [r for r in verdict.rows if r["attack"] == WORST_CASE]
+    """Per attacked hospital, per setting, its images by :func:`risk_category`, each image at
+    its most exposed (:func:`~fl_shadow.verdict.most_exposed`: every attack, every round)."""
+    exposed_rows = most_exposed(verdict.rows)
     sizes: dict[int, set[int]] = defaultdict(set)
     for record in verdict.records.federations:
         for fit in record.get("fit", []):
             sizes[int(fit["client"])].add(int(fit["num_examples"]))
     names = ["ssim_affine", "psnr_affine", "leak_ssim_affine", "leak_psnr_affine",
              "prior_ssim_affine"]
+    attack_rows = [r for r in verdict.rows if r["attack"] != WORST_CASE]
     out = []
     for client in verdict.clients:
-        mine = [r for r in worst_rows if int(r["client"]) == client]
-        scores = privacy_table(mine, names)
+        mine = [r for r in exposed_rows if int(r["client"]) == client]
+        # One (setting, "exposed") cell per setting: per seed the mean over the images.
+        scores = privacy_table([{**r, "attack": EXPOSED} for r in mine], names)
         risks = []
         for setting in verdict.settings:
-            # Per seed and image, the most exposed round.
-            exposed: dict[int, dict[Any, str]] = defaultdict(dict)
-            for n, row in enumerate(r for r in mine if r["key"].setting == setting):
-                image = row.get("image_index", ("row", n))
-                category = risk_category(
-                    ssim_affine=float(row.get("ssim_affine", math.nan)),
-                    leak_ssim_affine=float(row.get("leak_ssim_affine", math.nan)),
-                    leak_psnr_affine=float(row.get("leak_psnr_affine", math.nan)))
-                seen = exposed[row["key"].seed].get(image)
-                if seen is None or _rank(category) < _rank(seen):
-                    exposed[row["key"].seed][image] = category
-            if not exposed:
+            per_seed: dict[int, list[str]] = defaultdict(list)
+            for row in mine:
+                if row["key"].setting == setting:
+                    per_seed[row["key"].seed].append(risk_category(
+                        ssim_affine=float(row.get("ssim_affine", math.nan)),
+                        leak_ssim_affine=float(row.get("leak_ssim_affine", math.nan)),
+                        leak_psnr_affine=float(row.get("leak_psnr_affine", math.nan))))
+            if not per_seed:
                 continue
-            counts = {c: sum(list(v.values()).count(c) for v in exposed.values())
-                      for c in RISK_CATEGORIES}
-            shares = {c: mean_ci(list(v.values()).count(c) / len(v) for v in exposed.values())
+            counts = {c: sum(v.count(c) for v in per_seed.values()) for c in RISK_CATEGORIES}
+            shares = {c: mean_ci(v.count(c) / len(v) for v in per_seed.values())
                       for c in RISK_CATEGORIES}
             risks.append(HospitalRisk(setting, counts, shares,
-                                      scores.get((setting, WORST_CASE), {})))
+                                      scores.get((setting, EXPOSED), {})))
+        attacked = [r for r in attack_rows if int(r["client"]) == client]
         out.append(Hospital(
             client=client, dataset_sizes=sorted(sizes.get(client, set())),
-            batch_sizes=sorted({int(r["batch_size"]) for r in mine}),
-            images_per_update=sorted({int(r["num_images"]) for r in mine}),
-            rounds=sorted({int(r["round"]) for r in mine}), risks=risks))
+            batch_sizes=sorted({int(r["batch_size"]) for r in attacked}),
+            images_per_update=sorted({int(r["num_images"]) for r in attacked}),
+            rounds=sorted({int(r["round"]) for r in attacked}), risks=risks))
     return out
 
 
@@ -1182,7 +1186,7 @@ def risk_sentence(verdict: Verdict, risk: HospitalRisk) -> str:
         text = f"Under {label}: of its {images}, " + ", ".join(parts) + "."
     s = risk.scores
     if "ssim_affine" in s and "prior_ssim_affine" in s:
-        text += (f" Worst attack's SSIM up to brightness/contrast {s['ssim_affine'].text(3)}, "
+        text += (f" Worst attack's SSIM up to brightness/contrast (any round) {s['ssim_affine'].text(3)}, "
                  f"public data alone {s['prior_ssim_affine'].text(3)}.")
     return text
 
@@ -1193,7 +1197,7 @@ def _count(n: int, noun: str) -> str:
 
 def risk_header() -> list[str]:
     """The per-hospital table's column titles (:func:`risk_cells`)."""
-    return ["defense", *RISK_CATEGORIES[:3], "SSIM b/c (worst attack)", "prior SSIM b/c",
+    return ["defense", *RISK_CATEGORIES[:3], "SSIM b/c (worst attack, any round)", "prior SSIM b/c",
             "PSNR b/c above prior (dB)", "SSIM b/c above prior"]
 
 

@@ -47,6 +47,22 @@ def test_a_cell_that_skips_an_attack_keeps_its_worst_case() -> None:
     assert worst == {"fedavg": 21.0, "latent-minimax": 12.0}
 
 
+def test_most_exposed_takes_every_round_and_attack_of_an_image() -> None:
+    # CENSOR-like: round 1 protected against both attacks, round 10 left to IG, which rebuilds
+    # the same image (index 0) at 32 dB. The patient's exposure is the 32 dB, although the
+    # worst-case row (round 1, both attacks) says 11.
+    rows = [row(KEY, "ig", 1, 0, 10.0, 0.6), row(KEY, "gi", 1, 0, 11.0, 0.5),
+            row(KEY, "ig", 10, 0, 32.0, 0.05), row(KEY, "ig", 10, 1, 14.0, 0.4),
+            {**row(KEY, WORST_CASE, 1, 0, 99.0, 0.0)}]  # worst-case rows are not attacks
+    exposed = {r["image_index"]: r for r in verdict.most_exposed(rows)}
+    assert sorted(exposed) == [0, 1]
+    assert (exposed[0]["psnr_affine"], exposed[0]["lpips"]) == (32.0, 0.05)
+    assert (exposed[0]["rounds"], exposed[0]["attacks"]) == ([1, 10], ["gi", "ig"])
+    assert (exposed[1]["psnr_affine"], exposed[1]["rounds"]) == (14.0, [10])
+    worst = [r for r in verdict.with_worst_case(rows[:4]) if r["attack"] == WORST_CASE]
+    assert [(r["round"], r["psnr_affine"]) for r in worst] == [(1, 11.0)]
+
+
 @pytest.mark.parametrize(("value", "text"), [(None, ""), (0.003, "0.003"), (90, "90"),
                                              (1.0, "1"), ((1, 2, 3), "1-2-3"), ([], "none")])
 def test_strength_text(value: object, text: str) -> None:
