@@ -36,12 +36,16 @@ class DefenseKnowledge:
             client's random draws, keys and state are not part of this).
         server_round: the round of the observed update (defenses schedule on it).
         num_rounds: the run's total rounds.
+        mean, std: the input normalization (public, the dataset's): input-space noise set
+            in [0, 1] image units is ``std`` times smaller in the normalized inputs.
     """
 
     name: str
     params: Mapping[str, Any]
     server_round: int = 1
     num_rounds: int = 1
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_defense_specs_say_what_the_classes_do() -> None:
         spec.parse_params({})  # every defense has valid defaults
     modelled = {n for n in DEFENSES if DEFENSES.get(n).attacker_model is not None}
     assert modelled == {"none", "clipping", "dp", "sparsification", "soteria", "outpost",
-                        "shadow"}
+                        "shadow", "input_noise"}
     assert load_pretrained_generator.__module__ == "fl_shadow.defenses.base"
 
 

@@ -71,7 +71,7 @@ def test_shadow_model_draws_public_shaped_noise() -> None:
     knowledge = describe_defense("shadow", {}, server_round=1, num_rounds=10)
     assert knowledge.params["noise_rescale"] == 0.19  # defaults filled in
     model = defense_model(knowledge, [], seed=3)
-    assert isinstance(model, ShadowNoiseModel) and model.weight == pytest.approx(0.19)
+    assert isinstance(model, ShadowNoiseModel) and model.growth == pytest.approx(1.0)
     x = torch.randn(2, 1, 8, 8)
     noised = model.perturb_input(x, 0)
     noise = noised - x

@@ -480,3 +480,21 @@ def test_patients_table_is_resolved_like_data_path(tmp_path):
     assert resolved.data.patients == str(tmp_path / "meta" / "Patients.CSV")
     regex = resolve_paths(load_config(None, [r"data.patients='person(\d+)_'"]), tmp_path)
     assert regex.data.patients == r"person(\d+)_"
+
+
+def test_a_generator_needs_two_public_images_said_at_load(tmp_path):
+    # 1 public image: the shadow defense's generator cannot train on it; one line at load
+    # (it was a ValueError inside every client's first fit)
+    from fl_shadow.apps.experiment import load_experiment
+    root = tmp_path / "xray"
+    write_images(root / "NORMAL", 12, seed=1)
+    write_images(root / "PNEUMONIA", 6, seed=2)
+    base = ["data.dataset=imagefolder", f"data.path={root}", f"data.cache_dir={tmp_path}/c",
+            "data.image_size=16", "partition.num_clients=2", "partition.sizes=[2, 4]",
+            "partition.batch_sizes=[1, 4]", "strategy.min_fit_clients=2",
+            "strategy.min_available_clients=2",
+            "defense.name=shadow"]
+    with pytest.raises(ConfigError, match=r"^data: imagefolder has 1 public image, and defense "
+                                          r"shadow needs a generator trained on at least 2 "):
+        load_experiment(None, [*base, "data.public_fraction=0.06"])
+    load_experiment(None, [*base, "data.public_fraction=0.1"])  # 1 + 1 public images: enough

@@ -359,3 +359,107 @@ def test_cam_maps_are_reused_between_refreshes() -> None:
     third.load_state_dict(second.state_dict())
     run_round(third, model, 3)
     assert not torch.equal(third.state_dict()["cam"], cam1)
+
+
+# -- variants beyond the paper (issue 15) ----------------------------------------------------
+def noised_batch(defense: ShadowDefense, server_round: int = 1, num_rounds: int = 4
+                 ) -> tuple[torch.Tensor, DefenseContext]:
+    images, labels = local_data()
+    model, ctx = tiny_model(), context(server_round, num_rounds)
+    defense.setup(images, labels, model, ctx)
+    ctx.batch_index = torch.arange(6)
+    return defense.perturb_batch(images, labels, model, ctx) - images, ctx
+
+
+def unit_psnr(noise: torch.Tensor) -> torch.Tensor:
+    return -10 * torch.log10((noise * STD[0]).flatten(1).pow(2).mean(1))
+
+
+@pytest.mark.parametrize("target", [18.0, 24.0, 30.0])
+@pytest.mark.parametrize("sign", ["positive", "random"])
+def test_the_psnr_budget_hits_its_target_distortion(target: float, sign: str) -> None:
+    noise, ctx = noised_batch(shadow(budget="psnr", target_psnr_db=target, noise_sign=sign,
+                                     noise_increase=False))
+    torch.testing.assert_close(unit_psnr(noise), torch.full((6,), target), atol=0.5, rtol=0)
+    assert abs(ctx.metrics["shadow_input_psnr"] - target) < 0.5
+
+
+def test_the_psnr_budget_grows_like_the_peak_budget_over_rounds() -> None:
+    # round 3 of 4 (r0 = 2): the peak budget grows by e^(2/4); the PSNR target falls by
+    # 20 log10(e^0.5) = 4.343 dB
+    noise, _ = noised_batch(shadow(budget="psnr", target_psnr_db=24.0, sub_cam=False,
+                                   shadow_train=False), server_round=3)
+    torch.testing.assert_close(unit_psnr(noise), torch.full((6,), 24.0 - 4.343), atol=0.01,
+                               rtol=0)
+
+
+def test_random_signs_make_the_noise_zero_mean_and_keep_its_placement() -> None:
+    positive, _ = noised_batch(shadow(noise_sign="positive", shadow_train=False))
+    defense = shadow(noise_sign="random", shadow_train=False)
+    signed, _ = noised_batch(defense)
+    assert bool((positive >= 0).all())
+    torch.testing.assert_close(signed.flatten(1).mean(1), torch.zeros(6), atol=1e-6, rtol=0)
+    assert bool((signed < 0).any()) and bool((signed > 0).any())
+    # the signed map minus a per-image constant, rescaled to the same peak: each pixel's
+    # magnitude follows the positive map (placement kept, only signs and the offset differ)
+    assert defense.signs is not None
+    unsigned = signed * defense.signs
+    for a, b in zip(unsigned, positive, strict=True):
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert float(corr) > 0.9
+
+
+def test_the_shuffled_control_moves_the_same_values_elsewhere() -> None:
+    placed, _ = noised_batch(shadow(shadow_train=False, sub_cam=False))
+    shuffled, _ = noised_batch(shadow(shadow_train=False, sub_cam=False,
+                                      placement="shuffled"))
+    for a, b in zip(placed, shuffled, strict=True):  # per image: the same multiset of values
+        torch.testing.assert_close(a.flatten().sort().values, b.flatten().sort().values)
+    assert not torch.allclose(placed, shuffled)
+    torch.testing.assert_close(unit_psnr(placed), unit_psnr(shuffled))  # equal distortion
+
+
+def test_signs_and_permutations_are_kept_across_rounds() -> None:
+    model = tiny_model()
+    first = shadow(noise_sign="random", placement="shuffled", sub_cam=False)
+    run_round(first, model, 1)
+    state = first.state_dict()
+    assert state["signs"].dtype == torch.int8 and state["permutation"].shape == (6, 64)
+    second = shadow(noise_sign="random", placement="shuffled", sub_cam=False)
+    second.load_state_dict(state)
+    run_round(second, model, 2)
+    assert torch.equal(second.state_dict()["signs"], state["signs"])
+    assert torch.equal(second.state_dict()["permutation"], state["permutation"])
+
+
+def test_the_attackers_model_follows_the_variant() -> None:
+    from fl_shadow.defenses import describe_defense
+    from fl_shadow.defenses.shadow.defense import attacker_model
+    knowledge = describe_defense("shadow", {"budget": "psnr", "target_psnr_db": 22.0,
+                                            "noise_sign": "random", "noise_increase": False},
+                                 server_round=1, num_rounds=4, std=STD)
+    model = attacker_model(ShadowParams(**knowledge.params), knowledge, [], 0)
+    x = torch.zeros(5, 1, 8, 8)
+    noise = model.perturb_input(x, 0) - x
+    torch.testing.assert_close(unit_psnr(noise), torch.full((5,), 22.0), atol=0.01, rtol=0)
+    assert bool((noise < 0).any())
+
+
+def test_foreground_region_keeps_the_noise_on_the_anatomy() -> None:
+    images, labels = local_data()
+    unit = images * STD[0] + MEAN[0]
+    unit[:, :, :3] = 0.0  # a black band: background
+    x = (unit - MEAN[0]) / STD[0]
+    for sign in ("positive", "random"):
+        defense, model, ctx = shadow(noise_region="foreground", noise_sign=sign,
+                                     budget="psnr", target_psnr_db=20.0,
+                                     noise_increase=False), tiny_model(), context(1)
+        defense.setup(x, labels, model, ctx)
+        ctx.batch_index = torch.arange(6)
+        noise = defense.perturb_batch(x, labels, model, ctx) - x
+        assert float(noise[:, :, :3].abs().max()) == 0.0
+        torch.testing.assert_close(unit_psnr(noise), torch.full((6,), 20.0), atol=0.01,
+                                   rtol=0)
+        if sign == "random":  # zero-mean over the anatomy
+            inside = noise[:, :, 3:].flatten(1).mean(1)
+            torch.testing.assert_close(inside, torch.zeros(6), atol=1e-6, rtol=0)

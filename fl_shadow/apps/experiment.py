@@ -48,6 +48,7 @@ from fl_shadow.data import DATASETS, DatasetSpec, load_dataset, partition_indice
 from fl_shadow.defenses import DEFENSES, DefenseSpec
 from fl_shadow.diagnostics import sparse_classes
 from fl_shadow.errors import ConfigError, DataError
+from fl_shadow.generative.pretrain import MIN_PUBLIC_IMAGES
 from fl_shadow.models import MODELS, ModelSpec
 from fl_shadow.report import check_writable_folder, one_line
 from fl_shadow.threat_model import ThreatModelNeeds
@@ -255,10 +256,13 @@ def _check_data(config: ExperimentConfig, c: Components) -> None:
                       "handful of predictions (raise data.test_fraction)", stacklevel=3)
     if c.needs_generator:
         public = len(splits.public)
-        if public == 0:
-            raise ConfigError(f"data: {config.data.dataset} has no public split, and "
-                              f"{'defense ' + c.defense.name if c.defense.needs_generator else 'attack ' + c.attack.name}"
-                              " needs a generator trained on public images")
+        if public < MIN_PUBLIC_IMAGES:
+            user = (f"defense {c.defense.name}" if c.defense.needs_generator
+                    else f"attack {c.attack.name}")
+            held = "no public split" if public == 0 else f"{public} public image"
+            raise ConfigError(f"data: {config.data.dataset} has {held}, and {user} needs a "
+                              f"generator trained on at least {MIN_PUBLIC_IMAGES} public "
+                              "images (raise data.public_fraction or add public images)")
         if public < FEW_PUBLIC_IMAGES:
             warnings.warn(f"data: the generator learns from {public} public images only; it "
                           "will reproduce them rather than the domain", stacklevel=3)

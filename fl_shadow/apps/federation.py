@@ -270,7 +270,8 @@ class Federation:
         """The clients' defense as an adaptive attacker knows it in ``server_round``."""
         d = self.config.defense
         return describe_defense(d.name, d.params, server_round=server_round,
-                                num_rounds=self.config.train.rounds)
+                                num_rounds=self.config.train.rounds, mean=self.splits.mean,
+                                std=self.splits.std)
 
     def attack_hook(self, attack: Attack | None = None) -> AttackHook | None:
         """The curious server's hook around ``attack`` (default: :meth:`attack`)."""

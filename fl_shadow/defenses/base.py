@@ -117,6 +117,21 @@ class Defense:
         return self.name
 
 
+#: A pixel is *foreground* (anatomy) when some channel is above this in [0, 1] image units:
+#: the medical images here have a black background (MNI152, CT windowed to the head).
+FOREGROUND_LEVEL = 0.02
+
+
+def foreground_mask(unit_images: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, H, W)`` 1.0 on the foreground of [0, 1] images ``(N, C, H, W)``, 0.0 on the
+    background; an image without foreground is all foreground (nothing would get noise)."""
+    mask = (unit_images.detach().amax(dim=1, keepdim=True) > FOREGROUND_LEVEL).to(
+        unit_images.dtype)
+    empty = mask.flatten(1).sum(1) == 0
+    mask[empty] = 1.0
+    return mask
+
+
 def load_pretrained_generator(ctx: DefenseContext) -> ImageGenerator:
     """The experiment's public-data generator (cached checkpoint), for generative defenses."""
     if ctx.public_generator is None:
@@ -255,9 +270,13 @@ def build_defense(name: str, params: Mapping[str, Any] | None) -> Defense:
 
 
 def describe_defense(name: str, params: Mapping[str, Any] | None, *, server_round: int,
-                     num_rounds: int) -> DefenseKnowledge:
+                     num_rounds: int, mean: Sequence[float] = (0.0,),
+                     std: Sequence[float] = (1.0,)) -> DefenseKnowledge:
     """The public description of a configured defense, defaults filled in by its params
-    dataclass (validated exactly as the clients validate it)."""
+    dataclass (validated exactly as the clients validate it); ``mean``/``std`` the input
+    normalization."""
     validated = DEFENSES.get(name).parse_params(params)
     return DefenseKnowledge(name=name, params=dataclasses.asdict(validated),
-                            server_round=server_round, num_rounds=num_rounds)
+                            server_round=server_round, num_rounds=num_rounds,
+                            mean=tuple(float(v) for v in mean),
+                            std=tuple(float(v) for v in std))

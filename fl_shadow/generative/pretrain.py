@@ -54,6 +54,11 @@ class GeneratorCheckpoint:
     meta: dict[str, Any]
 
 
+#: The fewest public images a generator trains on (its discriminator's batch statistics need
+#: two); :func:`fl_shadow.apps.experiment.check_experiment` refuses fewer at load.
+MIN_PUBLIC_IMAGES = 2
+
+
 def build_generator(spec: GeneratorConfig, image_size: int, channels: int) -> ImageGenerator:
     return ImageGenerator(spec.latent_dim, image_size, channels, max_channels=spec.max_channels,
                           min_channels=spec.min_channels)
@@ -90,7 +95,8 @@ def train_generator(public_images: torch.Tensor, spec: GeneratorConfig, *,
         The EMA generator (eval mode, CPU) and a dict of training facts (seconds, final losses).
     """
     if len(public_images) < 2:
-        raise ValueError("the public split needs at least 2 images to train a generator")
+        raise ValueError(f"the public split needs at least {MIN_PUBLIC_IMAGES} images to train "
+                         "a generator")
     torch.manual_seed(spec.seed)
     rng = torch.Generator().manual_seed(spec.seed)
     device = torch.device(device)

@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -57,17 +58,25 @@ from fl_shadow.defenses.base import (
     Defense,
     DefenseContext,
     DefenseModel,
+    foreground_mask,
     load_pretrained_generator,
     register_defense,
 )
-from fl_shadow.defenses.shadow.fine_tune import ShadowWeights, pseudo_step, shadow_objective
+from fl_shadow.defenses.shadow.fine_tune import (
+    ShadowWeights,
+    pseudo_step,
+    shadow_objective,
+)
 from fl_shadow.defenses.shadow.noise import (
     cam_alpha,
     error_to_noise_map,
     noise_weight,
     scale_noise,
+    scale_to_psnr,
+    shuffle_per_image,
     suppress_foreground,
     update_memory,
+    zero_mean,
 )
 from fl_shadow.errors import ConfigError
 from fl_shadow.generative import ImageGenerator, fit_latents, to_unit
@@ -107,8 +116,28 @@ class ShadowParams:
             forward pass over the local data, which is most of the defense's cost once the
             shadow is frozen.
         min_cam_alpha, max_cam_alpha: bounds of the suppression strength.
-        noise_rescale: ``w0`` of ``w_N = w0 * exp(r/R)``.
-        noise_increase: grow ``w_N`` over rounds (off: ``w_N = w0``).
+        noise_rescale: ``w0`` of ``w_N = w0 * exp(r/R)`` (``budget: peak``).
+        noise_increase: grow the noise over rounds: ``w_N = w0 * exp(r/R)``, or under
+            ``budget: psnr`` the target lowered by ``20 log10 exp(r/R)`` dB, the same growth
+            (off: constant).
+        budget: how much noise. ``peak`` (the reference): each image's noise peaks at
+            ``w_N * |max x|``. ``psnr`` (beyond the paper): the noised input is
+            ``target_psnr_db`` from the clean one, the same distortion on every dataset.
+        target_psnr_db: the ``psnr`` budget's distortion (dB in [0, 1] image units).
+        noise_sign: ``positive`` (the reference: the map only brightens, mostly the
+            background) or ``random`` (beyond the paper: each pixel's noise gets a private
+            random sign, drawn once per local image, then each image and channel's mean is
+            subtracted, so the noise is exactly zero-mean and does not shift the image's
+            brightness; where the noise goes is kept).
+        noise_region: ``image`` (the method) or ``foreground`` (beyond the paper): noise only
+            on the anatomy (a clean pixel above
+            :data:`~fl_shadow.defenses.base.FOREGROUND_LEVEL`), ranked by the shadow's error
+            within it. The shadow reconstructs the black background best, so the method puts
+            86-94% of the noise energy there, where it hides nothing
+            (``experiments/results/shadow_diagnosis_default.md``).
+        placement: ``shadow`` (the method) or ``shuffled``, a control: the same values moved
+            to random places within each image (one private permutation per local image), so
+            what the shadow's placement buys can be measured at equal distortion.
         temperature: softmax temperature ``T`` (hard-coded 20 in the reference).
         progress: show the latent fit's progress.
     """
@@ -137,6 +166,11 @@ class ShadowParams:
     max_cam_alpha: Annotated[Float, Field(ge=0, le=1)] = 0.5
     noise_rescale: Annotated[Float, Field(ge=0)] = 0.19
     noise_increase: Bool = True
+    budget: Literal["peak", "psnr"] = "peak"
+    target_psnr_db: Annotated[Float, Field(gt=0, le=100)] = 21.0
+    noise_sign: Literal["positive", "random"] = "positive"
+    noise_region: Literal["image", "foreground"] = "image"
+    placement: Literal["shadow", "shuffled"] = "shadow"
     temperature: Annotated[Float, Field(gt=0)] = 20.0
     progress: Bool = True
 
@@ -156,31 +190,47 @@ class ShadowNoiseModel(DefenseModel):
     """The adaptive attacker's model: the expectation over the shadow defense's input noise,
     by sampling (EOT).
 
-    Each call draws noise maps with the public peak ``w_N * |max x|`` (``w_N`` from
-    ``noise_rescale``, the round and ``noise_increase``) and the public shape of an equalized
-    map through ``softmax(./T)``: ``exp(-(255/T)(1 - e))``, ``e ~ U[0, 1]`` per pixel. Where the
+    Each call draws noise maps with the public shape of an equalized map through
+    ``softmax(./T)``: ``exp(-(255/T)(1 - e))``, ``e ~ U[0, 1]`` per pixel, random signs when
+    ``noise_sign`` is ``random``, and the public budget: the peak ``w_N * |max x|`` (``w_N``
+    from ``noise_rescale``, the round and ``noise_increase``) or the target PSNR. Where the
     noise goes depends on the client's private shadow and Grad-CAM, so positions are random.
     """
 
     modelled = True
 
-    def __init__(self, weight: float, temperature: float, seed: int) -> None:
-        self.weight, self.sharpness = weight, 255.0 / temperature
+    def __init__(self, params: ShadowParams, knowledge: DefenseKnowledge, seed: int) -> None:
+        self.params, self.sharpness = params, 255.0 / params.temperature
+        self.growth = noise_weight(knowledge.server_round - 1, knowledge.num_rounds, 1.0,
+                                   increase=params.noise_increase)
+        self.mean, self.std = knowledge.mean, knowledge.std
         self.generator = torch.Generator().manual_seed(seed)
 
     def perturb_input(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        p = self.params
         e = torch.rand(x.shape, generator=self.generator).to(x.device)
         shape = torch.exp(-self.sharpness * (1 - e))
-        peak_x = x.detach().flatten(1).max(dim=1).values.abs()
-        peak_n = shape.flatten(1).max(dim=1).values.clamp_min(1e-12)
-        return x + shape * (self.weight * peak_x / peak_n).view(-1, 1, 1, 1)
+        mask = None
+        if p.noise_region == "foreground":  # the rule is public: apply it to the candidate
+            mean = self.mean if len(self.mean) == x.shape[1] else self.mean[:1] * x.shape[1]
+            std = self.std if len(self.std) == x.shape[1] else self.std[:1] * x.shape[1]
+            unit = (x * torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+                    + torch.tensor(mean, device=x.device).view(1, -1, 1, 1))
+            mask = foreground_mask(unit)
+            shape = shape * mask
+        if p.noise_sign == "random":
+            bits = torch.randint(0, 2, x.shape, generator=self.generator).to(x.device)
+            shape = zero_mean(shape * (2 * bits - 1).to(shape.dtype), mask)
+        if p.budget == "psnr":
+            std = self.std if len(self.std) == x.shape[1] else self.std[:1] * x.shape[1]
+            return x + scale_to_psnr(shape, p.target_psnr_db - 20 * math.log10(self.growth),
+                                     torch.tensor(std, device=x.device).view(1, -1, 1, 1))
+        return x + scale_noise(shape, x, p.noise_rescale * self.growth)
 
 
 def attacker_model(params: ShadowParams, knowledge: DefenseKnowledge,
                    received: list[torch.Tensor], seed: int) -> ShadowNoiseModel:
-    weight = noise_weight(knowledge.server_round - 1, knowledge.num_rounds,
-                          params.noise_rescale, increase=params.noise_increase)
-    return ShadowNoiseModel(weight, params.temperature, seed)
+    return ShadowNoiseModel(params, knowledge, seed)
 
 
 @register_defense("shadow", ShadowParams, needs_generator=True, keeps_client_state=True,
@@ -207,6 +257,9 @@ class ShadowDefense(Defense):
         self.seen: torch.Tensor | None = None     # (N,) bool: memory holds a map
         self.cam: torch.Tensor | None = None      # (N, H, W) this round's Grad-CAM++
         self.region: torch.Tensor | None = None   # (N, H, W) its top-perc_cam pixels
+        self.signs: torch.Tensor | None = None    # (N, C, H, W) +-1 (noise_sign: random)
+        self.permutation: torch.Tensor | None = None  # (N, C*H*W) (placement: shuffled)
+        self.foreground: torch.Tensor | None = None   # (N, 1, H, W) (noise_region: foreground)
         self._pending: dict[str, torch.Tensor] = {}
         self._mean = self._std = torch.zeros(0)
 
@@ -240,6 +293,9 @@ class ShadowDefense(Defense):
             self.memory, self.seen = None, torch.zeros(len(images), dtype=torch.bool)
         if self.seen is None:
             self.seen = torch.zeros(len(images), dtype=torch.bool)
+        self._draw_private(images, ctx.generator)
+        self.foreground = (foreground_mask(self._to_unit_images(images))
+                           if p.noise_region == "foreground" else None)
         if p.sub_cam:
             stale = self.cam is None or len(self.cam) != len(images) \
                 or (ctx.server_round - 1) % p.cam_every == 0
@@ -248,6 +304,29 @@ class ShadowDefense(Defense):
             assert self.cam is not None
             self.region = top_fraction_mask(self.cam, p.perc_cam)
         ctx.metrics["shadow_seconds"] = time.perf_counter() - start
+
+    def _draw_private(self, images: torch.Tensor, generator: torch.Generator) -> None:
+        """The per-image random signs and permutations the variants use, drawn once from the
+        client's private generator (kept across rounds, so a frozen map stays frozen)."""
+        n, flat = len(images), images[0].numel()
+        if self.params.noise_sign == "random" and (
+                self.signs is None or self.signs.shape != images.shape):
+            bits = torch.randint(0, 2, images.shape, generator=generator)
+            self.signs = (2 * bits - 1).to(images.dtype).to(images.device)
+        if self.params.placement == "shuffled" and (
+                self.permutation is None or self.permutation.shape != (n, flat)):
+            self.permutation = torch.stack([torch.randperm(flat, generator=generator)
+                                            for _ in range(n)]).to(images.device)
+
+    def _scale(self, noise_map: torch.Tensor, x: torch.Tensor, round_index: int,
+               num_rounds: int) -> torch.Tensor:
+        """The budget: the peak ratio (the reference) or a target PSNR of the noised input."""
+        p = self.params
+        growth = noise_weight(round_index, num_rounds, 1.0, increase=p.noise_increase)
+        if p.budget == "psnr":
+            return scale_to_psnr(noise_map, p.target_psnr_db - 20 * math.log10(growth),
+                                 self._std)
+        return scale_noise(noise_map, x, p.noise_rescale * growth)
 
     def _build_shadow(self, generator: ImageGenerator, device: torch.device) -> None:
         self.shadow = copy.deepcopy(generator).to(device).train()
@@ -289,8 +368,14 @@ class ShadowDefense(Defense):
             assert self.cam is not None and self.region is not None
             alpha = cam_alpha(r0, rounds, p.min_cam_alpha, p.max_cam_alpha)
             noise_map = suppress_foreground(noise_map, self.cam[idx], self.region[idx], alpha)
-        noise = scale_noise(noise_map, x, noise_weight(r0, rounds, p.noise_rescale,
-                                                       increase=p.noise_increase))
+        mask = self.foreground[idx] if self.foreground is not None else None
+        if mask is not None:
+            noise_map = noise_map * mask
+        if self.permutation is not None:
+            noise_map = shuffle_per_image(noise_map, self.permutation[idx])
+        if self.signs is not None:
+            noise_map = zero_mean(noise_map * self.signs[idx], mask)
+        noise = self._scale(noise_map, x, r0, rounds)
         self._log_noise(noise, idx, ctx)
         ctx.metrics["shadow_seconds"] = ctx.metrics.get("shadow_seconds", 0.0) + \
             time.perf_counter() - start
@@ -320,6 +405,10 @@ class ShadowDefense(Defense):
                 ctx.metrics[f"shadow_{name}"] = value
         with torch.no_grad():
             error = (self._shadow_images(idx) - x).pow(2)
+            if self.foreground is not None:  # the background ranks last: least noise there
+                top = error.flatten(1).max(1).values.view(-1, 1, 1, 1)
+                error = torch.where(self.foreground[idx].bool().expand_as(error), error,
+                                    top.expand_as(error))
             if fine_tune:  # the noise comes from the fine-tuned shadow, then the EMA moves it
                 for q, q_old in zip(self.shadow.parameters(), old, strict=True):
                     q.lerp_(q_old, p.ema_shadow)
@@ -337,6 +426,8 @@ class ShadowDefense(Defense):
 
     def _log_noise(self, noise: torch.Tensor, idx: torch.Tensor, ctx: DefenseContext) -> None:
         ctx.metrics["shadow_noise_l2"] = float(noise.flatten(1).norm(dim=1).mean())
+        mse = (noise * self._std).flatten(1).pow(2).mean(dim=1).clamp_min(1e-24)
+        ctx.metrics["shadow_input_psnr"] = float((-10 * torch.log10(mse)).mean())
         if self.region is not None:
             inside = self.region[idx].unsqueeze(1).expand_as(noise)
             if bool(inside.any()) and bool((~inside).any()):
@@ -355,6 +446,10 @@ class ShadowDefense(Defense):
             state["memory"] = self.memory
         if self.cam is not None:
             state["cam"] = self.cam
+        if self.signs is not None:
+            state["signs"] = self.signs.to(torch.int8)
+        if self.permutation is not None:
+            state["permutation"] = self.permutation
         assert self.optimizer is not None
         for i, entry in self.optimizer.state_dict()["state"].items():
             for k, v in entry.items():
@@ -379,6 +474,9 @@ class ShadowDefense(Defense):
         self.seen = state["seen"].bool().cpu().clone()
         self.memory = state["memory"].to(device).clone() if "memory" in state else None
         self.cam = state["cam"].to(device).clone() if "cam" in state else None
+        self.signs = (state["signs"].to(device).float() if "signs" in state else None)
+        self.permutation = (state["permutation"].to(device).clone() if "permutation" in state
+                            else None)
         adam: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in state.items():
             if key.startswith("adam."):

@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 
 import torch
+
 __all__ = ["cam_alpha", "equalize_per_image", "error_to_noise_map", "noise_weight",
-           "scale_noise", "suppress_foreground", "update_memory"]
+           "scale_noise", "scale_to_psnr", "shuffle_per_image", "suppress_foreground",
+           "update_memory", "zero_mean"]
 
 
 def _per_image_minmax(x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +125,43 @@ def suppress_foreground(noise: torch.Tensor, cam: torch.Tensor, region: torch.Te
 
 
 def scale_noise(noise: torch.Tensor, x: torch.Tensor, weight: float) -> torch.Tensor:
-    """Rescale each image's noise so its peak is ``weight * |max(x_i)|`` (normalized units)."""
+    """Rescale each image's noise so its peak magnitude is ``weight * |max(x_i)|`` (normalized
+    units; the reference's budget). For a non-negative map the peak is its maximum."""
     peak_x = x.detach().flatten(1).max(dim=1).values.abs()
-    peak_n = noise.flatten(1).max(dim=1).values.clamp_min(1e-12)
+    peak_n = noise.flatten(1).abs().max(dim=1).values.clamp_min(1e-12)
     return noise * (weight * peak_x / peak_n).view(-1, 1, 1, 1)
+
+
+def scale_to_psnr(noise: torch.Tensor, target_psnr_db: float,
+                  std: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Rescale each image's noise (normalized units) so that the noised input is
+    ``target_psnr_db`` from the clean one in [0, 1] image units: ``mean((N * std)^2) =
+    10^(-target/10)``. ``std``: the normalization's, a float or ``(1, C, 1, 1)``.
+
+    A budget that means the same distortion on every dataset, unlike the peak ratio (whose
+    distortion depends on how the map spreads and on the image's own maximum)."""
+    unit = noise * std
+    mse = unit.flatten(1).pow(2).mean(dim=1).clamp_min(1e-24)
+    factor = torch.sqrt(10.0 ** (-target_psnr_db / 10.0) / mse)
+    return noise * factor.view(-1, 1, 1, 1)
+
+
+def shuffle_per_image(noise: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """Each image's noise values moved to other places: ``permutation`` ``(N, C*H*W)`` holds a
+    permutation of the flat pixel positions per image (the control "the shadow's own values
+    at random places")."""
+    flat = noise.flatten(1)
+    return flat.gather(1, permutation.to(flat.device)).view_as(noise)
+
+
+def zero_mean(noise: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``noise`` minus each image and channel's mean (``(N, C, H, W)``); with ``mask``
+    ``(N, 1, H, W)`` (0/1), the mean over the mask is removed inside it and the outside stays
+    0. With random signs the mean is already near 0 when the noise is spread out; the map
+    concentrates its mass on a few pixels, so without this an image's noise could still
+    brighten or darken it on average, which an intensity-invariant attacker ignores anyway and
+    the classifier must not learn."""
+    if mask is None:
+        return noise - noise.mean(dim=(2, 3), keepdim=True)
+    count = mask.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+    return (noise - (noise * mask).sum(dim=(2, 3), keepdim=True) / count) * mask
