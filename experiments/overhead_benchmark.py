@@ -1,0 +1,120 @@
+"""Flower + Ray overhead (issue 17, item 2): one federation in-process vs under ``flwr run``.
+
+The same config (the offline default with a Dirichlet partition over ``--clients`` hospitals,
+no attack, ``--rounds`` rounds) runs, interleaved ``--repeats`` times:
+
+* **in-process**: :func:`fl_shadow.apps.inprocess.run_in_process`, Flower's own server loop
+  with every client called in this process, one after the other (the sweep runner's engine);
+* **flwr run**: ``fl-shadow run``, i.e. ``flwr run .`` on Flower's simulation engine (a local
+  SuperLink, one SuperNode per hospital, Ray actors), as a user runs it.
+
+Both write the same results folder; the benchmark checks that their final accuracy agrees
+(same config and seed) and reports the wall times, their ratio, and, from the ``flwr run``
+log, how long it took until the first round began (start-up: SuperLink, Ray, actors) against
+the rounds themselves.
+
+    python experiments/overhead_benchmark.py [--clients 20] [--rounds 3] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fl_shadow.apps.federation import build_federation
+from fl_shadow.apps.inprocess import run_in_process
+from fl_shadow.config import load_config
+from fl_shadow.report import read_jsonl
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
+         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+ROUND_LINE = re.compile(r"\[ROUND 1\]")
+
+
+def overrides(clients: int, rounds: int) -> list[str]:
+    return ["partition.scheme=dirichlet", f"partition.num_clients={clients}",
+            "partition.sizes=null", "partition.batch_sizes=[8]", f"train.rounds={rounds}",
+            "attack.name=none", f"strategy.min_fit_clients={clients}",
+            f"strategy.min_available_clients={clients}", "train.device=cpu"]
+
+
+def final_accuracy(run_dir: Path) -> float:
+    rows = read_jsonl(run_dir / "utility.jsonl")
+    return float(max(rows, key=lambda r: r["round"])["accuracy"])
+
+
+def in_process(sets: list[str], run_dir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    federation = build_federation(load_config(None, sets))
+    run_in_process(federation, run_dir)
+    return {"seconds": time.perf_counter() - start, "accuracy": final_accuracy(run_dir)}
+
+
+def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
+    command = [str(Path(sys.executable).parent / "fl-shadow"), "run", "--run-dir",
+               str(run_dir), *[a for s in sets for a in ("--set", s)]]
+    start = time.perf_counter()
+    first_round = None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **QUIET}) as proc:
+        assert proc.stdout is not None
+        log = []
+        for line in proc.stdout:
+            log.append(line)
+            if first_round is None and ROUND_LINE.search(line):
+                first_round = time.perf_counter() - start
+        code = proc.wait()
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit("fl-shadow run failed:\n" + "".join(log[-30:]))
+    return {"seconds": seconds, "until_round_1": first_round,
+            "accuracy": final_accuracy(run_dir)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "overhead_benchmark_cpu.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    sets = overrides(args.clients, args.rounds)
+    runs: dict[str, list[dict[str, Any]]] = {"in-process": [], "flwr run": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):  # interleaved: load drifts hit both alike
+            for name, fn in (("in-process", in_process), ("flwr run", flwr_run)):
+                run = fn(sets, Path(tmp) / f"{name.replace(' ', '-')}-{i}")
+                runs[name].append(run)
+                print(f"{name} #{i + 1}: {run['seconds']:.1f} s", flush=True)
+    median = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+    starts = [r["until_round_1"] for r in runs["flwr run"] if r["until_round_1"] is not None]
+    result = {
+        "config": "default.yaml", "overrides": sets, "repeats": args.repeats,
+        "torch_threads": 1, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "runs": runs, "median_seconds": median,
+        "ratio_flwr_over_inprocess": median["flwr run"] / median["in-process"],
+        "flwr_until_round_1_median": statistics.median(starts) if starts else None,
+        "same_accuracy": len({round(r["accuracy"], 6) for v in runs.values() for r in v}) == 1,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
