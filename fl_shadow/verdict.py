@@ -144,15 +144,8 @@ def with_worst_case(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     average a different set of images than each attack's row and could come out *below* the
     strongest attack's mean, which is the opposite of what the row claims. They stay in their
     own attack's row."""
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["attack"] == WORST_CASE:
-            continue
-        if "image_index" not in row:
-            raise ValueError("with_worst_case: a row has no image_index, so the same image "
-                             "cannot be found across attacks (records older than the scorer's "
-                             "image_index)")
-        groups[(row["key"], row["round"], row["client"], row["image_index"])].append(row)
+    groups = _attack_rows_by(rows, ("key", "round", "client", "image_index"),
+                             "with_worst_case")
     names = scored_names(rows)
     attacks_of: dict[Any, set[str]] = defaultdict(set)
     for (key, *_), members in groups.items():
@@ -182,14 +175,7 @@ def most_exposed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     a like-for-like comparison across defenses (the headline tables are); it is the most a
     curious server showed of that image. Each result carries ``rounds`` and ``attacks``: where
     it was attacked."""
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["attack"] == WORST_CASE:
-            continue
-        if "image_index" not in row:
-            raise ValueError("most_exposed: a row has no image_index, so the same image cannot "
-                             "be found across rounds and attacks")
-        groups[(row["key"], row["client"], row["image_index"])].append(row)
+    groups = _attack_rows_by(rows, ("key", "client", "image_index"), "most_exposed")
     names = scored_names(rows)
     out = []
     for (key, client, image), members in groups.items():
@@ -202,6 +188,22 @@ def most_exposed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         exposed.update(_most_leaked_scores(members, names))
         out.append(exposed)
     return out
+
+
+def _attack_rows_by(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], caller: str
+                    ) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    """The attack rows of ``rows`` (not :data:`WORST_CASE`) grouped by ``fields``, which
+    include ``image_index``: the same image found across attacks and rounds."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["attack"] == WORST_CASE:
+            continue
+        if "image_index" not in row:
+            raise ValueError(f"{caller}: a row has no image_index, so the same image cannot be "
+                             "found across attacks and rounds (records older than the scorer's "
+                             "image_index)")
+        groups[tuple(row[f] for f in fields)].append(row)
+    return groups
 
 
 def _most_leaked_scores(members: Sequence[Mapping[str, Any]], names: Sequence[str]
