@@ -122,6 +122,18 @@ class Defense:
 FOREGROUND_LEVEL = 0.02
 
 
+def per_channel(values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per channel, or one for all) as a ``(1, C, 1, 1)`` tensor for ``x``."""
+    channels = x.shape[1]
+    values = tuple(values) if len(values) == channels else tuple(values[:1]) * channels
+    return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+
+def unnormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalized inputs back to [0, 1] image units (an attacker's candidate included)."""
+    return x * per_channel(std, x) + per_channel(mean, x)
+
+
 def foreground_mask(unit_images: torch.Tensor) -> torch.Tensor:
     """``(N, 1, H, W)`` 1.0 on the foreground of [0, 1] images ``(N, C, H, W)``, 0.0 on the
     background; an image without foreground is all foreground (nothing would get noise)."""

@@ -32,7 +32,9 @@ from fl_shadow.defenses.base import (
     DefenseContext,
     DefenseModel,
     foreground_mask,
+    per_channel,
     register_defense,
+    unnormalize,
 )
 from fl_shadow.threat_model import DefenseKnowledge
 
@@ -70,13 +72,6 @@ def within(noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return noise * mask / share.sqrt()
 
 
-def _unit(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    channels = x.shape[1]
-    m = torch.tensor(mean if len(mean) == channels else mean[:1] * channels, device=x.device)
-    s = torch.tensor(std if len(std) == channels else std[:1] * channels, device=x.device)
-    return x * s.view(1, -1, 1, 1) + m.view(1, -1, 1, 1)
-
-
 @settings
 class InputNoiseParams:
     """Parameters of ``input_noise``.
@@ -107,11 +102,11 @@ class InputNoiseModel(DefenseModel):
         self.generator = torch.Generator().manual_seed(seed)
 
     def perturb_input(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        std = self.std if len(self.std) == x.shape[1] else self.std[:1] * x.shape[1]
+        std = per_channel(self.std, x).flatten().tolist()
         noise = gaussian_noise(x.shape, target_psnr_db=self.params.target_psnr_db, std=std,
                                generator=self.generator, device=x.device)
         if self.params.region == "foreground":  # the rule is public: apply it to the candidate
-            noise = within(noise, foreground_mask(_unit(x, self.mean, self.std)))
+            noise = within(noise, foreground_mask(unnormalize(x, self.mean, self.std)))
         return x + noise
 
 
@@ -138,7 +133,7 @@ class InputNoise(Defense):
         noise = gaussian_noise(x.shape, target_psnr_db=self.params.target_psnr_db, std=ctx.std,
                                generator=ctx.generator, device=x.device)
         if self.params.region == "foreground":
-            noise = within(noise, foreground_mask(_unit(x, ctx.mean, ctx.std)))
+            noise = within(noise, foreground_mask(unnormalize(x, ctx.mean, ctx.std)))
         return noise
 
     def perturb_batch(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module,
@@ -148,7 +143,7 @@ class InputNoise(Defense):
         else:
             assert self.frozen is not None and ctx.batch_index is not None
             noise = self.frozen[ctx.batch_index.to(self.frozen.device)].to(x.device)
-        unit = noise * torch.tensor(ctx.std, device=x.device).view(1, -1, 1, 1)
+        unit = noise * per_channel(ctx.std, x)
         ctx.metrics["input_noise_psnr"] = float(psnr_of_noise(unit).mean())
         return x + noise
 

@@ -60,7 +60,9 @@ from fl_shadow.defenses.base import (
     DefenseModel,
     foreground_mask,
     load_pretrained_generator,
+    per_channel,
     register_defense,
+    unnormalize,
 )
 from fl_shadow.defenses.shadow.fine_tune import (
     ShadowWeights,
@@ -212,19 +214,14 @@ class ShadowNoiseModel(DefenseModel):
         shape = torch.exp(-self.sharpness * (1 - e))
         mask = None
         if p.noise_region == "foreground":  # the rule is public: apply it to the candidate
-            mean = self.mean if len(self.mean) == x.shape[1] else self.mean[:1] * x.shape[1]
-            std = self.std if len(self.std) == x.shape[1] else self.std[:1] * x.shape[1]
-            unit = (x * torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-                    + torch.tensor(mean, device=x.device).view(1, -1, 1, 1))
-            mask = foreground_mask(unit)
+            mask = foreground_mask(unnormalize(x, self.mean, self.std))
             shape = shape * mask
         if p.noise_sign == "random":
             bits = torch.randint(0, 2, x.shape, generator=self.generator).to(x.device)
             shape = zero_mean(shape * (2 * bits - 1).to(shape.dtype), mask)
         if p.budget == "psnr":
-            std = self.std if len(self.std) == x.shape[1] else self.std[:1] * x.shape[1]
             return x + scale_to_psnr(shape, p.target_psnr_db - 20 * math.log10(self.growth),
-                                     torch.tensor(std, device=x.device).view(1, -1, 1, 1))
+                                     per_channel(self.std, x))
         return x + scale_noise(shape, x, p.noise_rescale * self.growth)
 
 
