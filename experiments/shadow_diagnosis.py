@@ -44,7 +44,7 @@ from fl_shadow.defenses.input_noise import gaussian_noise
 from fl_shadow.defenses.shadow import ShadowDefense
 from fl_shadow.defenses.shadow.noise import (
     cam_alpha,
-    equalize_per_image,
+    noise_map_stages,
     noise_weight,
     scale_noise,
     scale_to_psnr,
@@ -63,15 +63,11 @@ def stage_maps(defense: ShadowDefense, x: torch.Tensor, round_index: int, num_ro
     p = defense.params
     with torch.no_grad():
         error = (defense._shadow_images(torch.arange(len(x))) - x).pow(2)
-    e = error - error.flatten(1).min(1).values.view(-1, 1, 1, 1)
-    inverse = torch.exp(-e / p.temperature)
-    lo = inverse.flatten(1).min(1).values.view(-1, 1, 1, 1)
-    hi = inverse.flatten(1).max(1).values.view(-1, 1, 1, 1)
-    inverse = (inverse - lo) / (hi - lo).clamp_min(1e-12)
-    equalized = equalize_per_image(inverse) if p.noise_equ else inverse
-    softmax = torch.softmax(equalized.flatten(1) * 255.0 / p.temperature, 1).view_as(x)
-    maps = {"shadow error E": error, "1/softmax(E/T)": inverse, "equalized": equalized,
-            "softmax at T": softmax}
+    stages = noise_map_stages(error, temperature=p.temperature,
+                              equalize_histogram=p.noise_equ)
+    softmax = stages["softmax"]
+    maps = {"shadow error E": error, "1/softmax(E/T)": stages["inverse"],
+            "equalized": stages["equalized"], "softmax at T": softmax}
     memory = defense.memory if defense.memory is not None else softmax
     maps["momentum memory"] = memory
     if p.sub_cam and defense.cam is not None and defense.region is not None:

@@ -29,7 +29,8 @@ import math
 
 import torch
 
-__all__ = ["cam_alpha", "equalize_per_image", "error_to_noise_map", "noise_weight",
+__all__ = ["cam_alpha", "equalize_per_image", "error_to_noise_map", "noise_map_stages",
+           "noise_weight",
            "scale_noise", "scale_to_psnr", "shuffle_per_image", "suppress_foreground",
            "update_memory", "zero_mean"]
 
@@ -80,13 +81,22 @@ def error_to_noise_map(error: torch.Tensor, *, temperature: float = 20.0,
         ``(N, C, H, W)``, each image summing to 1 over ``C*H*W``; larger where ``error`` is
         smaller (with ties kept equal).
     """
+    return noise_map_stages(error, temperature=temperature,
+                            equalize_histogram=equalize_histogram)["softmax"]
+
+
+def noise_map_stages(error: torch.Tensor, *, temperature: float = 20.0,
+                     equalize_histogram: bool = True) -> dict[str, torch.Tensor]:
+    """:func:`error_to_noise_map` with its intermediate maps, for diagnosis: ``inverse``
+    (``1/softmax(E/T)`` min-max scaled per image), ``equalized`` (the same when equalization
+    is off) and ``softmax`` (the result)."""
     e = error.detach().float()
     shifted = e - e.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
     inverse = _per_image_minmax(torch.exp(-shifted / temperature))  # ∝ 1/softmax(E/T)
-    if equalize_histogram:
-        inverse = equalize_per_image(inverse)
-    levels = inverse * 255.0
-    return torch.softmax(levels.flatten(1) / temperature, dim=1).view_as(e)
+    equalized = equalize_per_image(inverse) if equalize_histogram else inverse
+    levels = equalized * 255.0
+    softmax = torch.softmax(levels.flatten(1) / temperature, dim=1).view_as(e)
+    return {"inverse": inverse, "equalized": equalized, "softmax": softmax}
 
 
 def update_memory(memory: torch.Tensor | None, fresh: torch.Tensor,
