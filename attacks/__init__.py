@@ -11,6 +11,7 @@ Importing this package registers every attack module. The flat API::
     reconstruction = attack.reconstruct(observation, prior)
 """
 
+import fl_shadow  # noqa: F401  (first: OMP_WAIT_POLICY before torch loads; fl_shadow.threads)
 from attacks import dlg, ggl, gias, gradinversion, idlg, inverting_gradients, none  # noqa: F401  (registers)
 from attacks.adaptive import defense_model
 from attacks.base import (

@@ -48,6 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads  # isort: skip
+
 import numpy as np
 import torch
 import yaml
@@ -609,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of the base config (e.g. train.device=cuda)")
     args = parser.parse_args(argv)
+    set_torch_threads()  # FL_SHADOW_THREADS, default 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spec_path = args.spec.resolve()
     shown = str(spec_path.relative_to(ROOT)) if spec_path.is_relative_to(ROOT) else str(spec_path)

@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+# First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads  # isort: skip
+
 import numpy as np
 import torch
 
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
+    set_torch_threads()  # FL_SHADOW_THREADS, default 1
 
     t0 = time.perf_counter()
     config, components = load_experiment(args.config, args.set)

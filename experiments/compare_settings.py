@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_shadow.metrics import Interval, mean_ci, paired_difference
+from fl_shadow.threads import set_torch_threads
 from fl_shadow.verdict import (
     WORST_CASE,
     Setting,
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-round-attack", default="inverting-gradients")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
+    set_torch_threads()  # FL_SHADOW_THREADS, default 1
     table = compare(args.sweep, args.reference, args.versus, args.last_round_attack)
     if args.out is not None:
         args.out.write_text(table)

@@ -29,6 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads  # isort: skip
+
 import torch
 from runs import ROOT, load_run, mean_fit_seconds, run_once
 
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a paragraph appended to the report")
     parser.add_argument("--only", default="", help="comma-separated rows to run (default all)")
     args = parser.parse_args(argv)
+    set_torch_threads()  # FL_SHADOW_THREADS, default 1
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
     table: dict[str, dict[str, Any]] = {}
     for name, folder, config, overrides in ROWS:

@@ -36,6 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads  # isort: skip
+
 import torch
 from runs import ROOT, load_run, run_once
 
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=ROOT / "experiments/results/flower_dp_table_cpu.md")
     parser.add_argument("--only", default="", help="comma-separated rows to run (default all)")
     args = parser.parse_args(argv)
+    set_torch_threads()  # FL_SHADOW_THREADS, default 1
     wanted = {w.strip() for w in args.only.split(",") if w.strip()}
     guess = blind_guess(load_config(CONFIG))
     table: dict[str, dict[str, Any]] = {}

@@ -31,16 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fl_shadow.apps.federation import build_federation
 from fl_shadow.apps.inprocess import run_in_process
 from fl_shadow.config import load_config
 from fl_shadow.report import read_jsonl
+from fl_shadow.threads import set_torch_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# (os.environ carries OMP_WAIT_POLICY: importing fl_shadow set it unless it was set.)
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
-         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 ROUND_LINE = re.compile(r"\[ROUND 1\]")
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "overhead_benchmark_cpu.json")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    threads = set_torch_threads()  # FL_SHADOW_THREADS, default 1
     sets = overrides(args.clients, args.rounds)
     runs: dict[str, list[dict[str, Any]]] = {"in-process": [], "flwr run": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     starts = [r["until_round_1"] for r in runs["flwr run"] if r["until_round_1"] is not None]
     result = {
         "config": "default.yaml", "overrides": sets, "repeats": args.repeats,
-        "torch_threads": 1, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "torch_threads": threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "runs": runs, "median_seconds": median,
         "ratio_flwr_over_inprocess": median["flwr run"] / median["in-process"],
         "flwr_until_round_1_median": statistics.median(starts) if starts else None,

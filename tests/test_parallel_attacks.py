@@ -27,6 +27,7 @@ from fl_shadow.config import load_config
 from fl_shadow.errors import ThreatModelError
 from fl_shadow.models import build_model
 from fl_shadow.report import RunRecorder
+from fl_shadow.threads import WAIT_POLICY_ENV
 from fl_shadow.training import LocalTraining
 from strategies.attack_hook import AttackHook
 from strategies.curious import CuriousServer, RoundClock, UpdateObserver
@@ -148,7 +149,7 @@ def test_task_options_reserve_no_cpu_and_share_a_free_gpu() -> None:
     cpu = task_options(CPU, 3, free_gpus=1.0)
     assert (cpu["num_cpus"], cpu["num_gpus"], cpu["max_retries"]) == (0, 0.0, 0)
     env = cpu["runtime_env"]["env_vars"]
-    assert env["OMP_WAIT_POLICY"] in ("PASSIVE", os.environ.get("OMP_WAIT_POLICY"))
+    assert env[WAIT_POLICY_ENV] in ("PASSIVE", os.environ.get(WAIT_POLICY_ENV))
     assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO" not in env
     assert task_options(torch.device("cuda"), 4, free_gpus=1.0)["num_gpus"] == 0.25
     assert task_options(torch.device("cuda"), 2, free_gpus=0.5)["num_gpus"] == 0.25

@@ -28,6 +28,11 @@ or a defense whose client state a new federation would lose, which
 ``--allow-client-state-loss`` accepts), before anything in the folder is touched, then
 launches the same federation with the run config's ``resume = true``: the server continues
 from the last completed round (:mod:`fl_shadow.checkpoint`).
+
+Threads: every command runs on ``FL_SHADOW_THREADS`` torch threads (default 1) with
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets another policy (:mod:`fl_shadow.threads`;
+the ``flwr run`` it launches inherits both); a malformed ``FL_SHADOW_THREADS`` stops it at
+start with a :class:`~fl_shadow.errors.ConfigError` naming the variable.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from fl_shadow.config import DEFAULT_CONFIG, ExperimentConfig, resolve_config_pa
 from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.report import check_writable_folder, new_run_dir, read_warnings
+from fl_shadow.threads import set_torch_threads
 from fl_shadow.training import resolve_device
 from fl_shadow.verdict_report import NotASweepFolder, write_report
 
@@ -233,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                    "fedkl, latent_minimax, censor) although a new federation starts it empty")
     args = parser.parse_args(argv)
     try:
+        set_torch_threads()
         if args.command == "run":
             return run(args)
         if args.command == "resume":

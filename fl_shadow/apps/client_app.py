@@ -15,6 +15,11 @@ Mods, outermost first:
   the server must send (README: "Message protocol");
 * :func:`clients.flower_dp_mods.flower_dp_mod`: Flower's own client-side DP
   (``strategy.flower_dp``: ``fixedclipping_mod``, ``LocalDpMod``), picked per message.
+
+Threads: every client the app builds (in each simulated client's Ray worker and in a
+SuperNode's app process) first sets torch's intra-op threads from ``FL_SHADOW_THREADS``
+(default 1), ``OMP_WAIT_POLICY=PASSIVE`` having been set before torch loaded
+(:mod:`fl_shadow.threads`); a malformed value is the client's one-line error.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from fl_shadow import flower_keys as keys
 from fl_shadow.apps.federation import federation_of
 from fl_shadow.errors import ProtocolError
 from fl_shadow.logs import route_to_flower
+from fl_shadow.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,7 @@ class ExperimentClient(NumPyClient):
 
 def client_fn(context: Context) -> Client:
     route_to_flower()
+    set_torch_threads()  # here, not at import: a bad value is then this client's error line
     return ExperimentClient(context).to_client()
 
 

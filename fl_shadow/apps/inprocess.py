@@ -12,10 +12,12 @@
   (:data:`fl_shadow.apps.client_app.app`, its mods included) with the node's own
   :class:`~flwr.app.Context`, whose state persists across rounds as Flower's node state does.
 
-Clients train one after another, each on ``client_threads`` torch threads (a simulated
-client's ``client-resources-num-cpus=1`` Ray worker runs on one); the server side (evaluation,
-attacks, scoring) runs in the calling thread at ``server_threads``. With the thread counts of
-a real run the records are the same (tested against ``flwr run``).
+Clients train one after another, each on ``client_threads`` torch threads (default
+``FL_SHADOW_THREADS``, else 1: what the ClientApp module sets in a simulated client's Ray
+worker, :mod:`fl_shadow.threads`); the server side (evaluation, attacks, scoring) runs in the
+calling thread at ``server_threads`` (default: the calling thread's count, which importing the
+ClientApp module set from the same variable). With the thread counts of a real run the
+records are the same (tested against ``flwr run``).
 
 Use it for experiment scripts and tests that need a federation's updates without Ray's start-up
 and scheduling; use ``fl-shadow run`` for runs that should look like deployment.
@@ -23,14 +25,11 @@ and scheduling; use ``fl-shadow run`` for runs that should look like deployment.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.app.constants import DEFAULT_TTL
 from flwr.app.metadata import Metadata
@@ -44,6 +43,7 @@ from fl_shadow.apps.client_app import app as client_app
 from fl_shadow.apps.federation import Federation
 from fl_shadow.checkpoint import Checkpoint, read_status
 from fl_shadow.errors import RunFailed
+from fl_shadow.threads import configured_threads, torch_threads
 from fl_shadow.threat_model import Attack
 from strategies.curious import UpdateTap
 
@@ -63,20 +63,6 @@ class ClientFailure(ValueError):
         self.reason = reason
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block on ``n`` intra-op threads (this thread), then restore the count."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class InProcessClientProxy(GridClientProxy):
     """A simulated node whose messages go straight to a ClientApp in this process.
 
@@ -85,15 +71,16 @@ class InProcessClientProxy(GridClientProxy):
         app: the ClientApp (the project's, by default).
         context: the node's context (``node_config`` with ``partition-id`` and
             ``num-partitions``; ``state`` kept across rounds).
-        client_threads: torch threads while the client runs (None: leave as is).
+        client_threads: torch threads while the client runs (None: ``FL_SHADOW_THREADS``,
+            default 1, as the ClientApp module sets them).
     """
 
     def __init__(self, node_id: int, context: Context, *, app: ClientApp = client_app,
-                 client_threads: int | None = 1) -> None:
+                 client_threads: int | None = None) -> None:
         super().__init__(node_id, grid=None, run_id=context.run_id)  # type: ignore[arg-type]
         self.app = app
         self.context = context
-        self.client_threads = client_threads
+        self.client_threads = configured_threads() if client_threads is None else client_threads
 
     def _send_receive_recorddict(self, recorddict: RecordDict, message_type: str,
                                  timeout: float | None, group_id: int | None) -> RecordDict:
@@ -130,7 +117,7 @@ class InProcessRun:
     state: str
 
 
-def simulated_nodes(federation: Federation, *, client_threads: int | None = 1
+def simulated_nodes(federation: Federation, *, client_threads: int | None = None
                     ) -> list[InProcessClientProxy]:
     """One proxy per partition, with its own context (as ``flwr run`` gives each SuperNode)."""
     n = federation.config.partition.num_clients
@@ -147,7 +134,7 @@ def simulated_nodes(federation: Federation, *, client_threads: int | None = 1
 
 def run_in_process(federation: Federation, run_dir: Path, *, resume: Checkpoint | None = None,
                    attack: Attack | None = None, tap: UpdateTap | None = None,
-                   client_threads: int | None = 1,
+                   client_threads: int | None = None,
                    server_threads: int | None = None) -> InProcessRun:
     """Run ``federation`` through Flower's server loop in this process; write ``run_dir``.
 
@@ -157,7 +144,7 @@ def run_in_process(federation: Federation, run_dir: Path, *, resume: Checkpoint 
         resume: continue from this checkpoint (see :meth:`Federation.strategy`).
         attack: run this attack instead of the configured one.
         tap: sees every accepted update before aggregation (keep them to attack later).
-        client_threads: torch threads of each client (a simulated client has 1).
+        client_threads: torch threads of each client (None: ``FL_SHADOW_THREADS``, default 1).
         server_threads: torch threads of the server side (None: this thread's count).
 
     Raises:

@@ -30,6 +30,11 @@ The run's outcome is always in ``status.json`` (:mod:`fl_shadow.report`): ``comp
 wrong size, any error of the server loop); ``stopped`` when Flower stops the ServerApp's
 process (``flwr stop``, SIGINT, SIGTERM: Flower's exit handlers run, one of them records it).
 
+Threads: the server first sets its process's torch intra-op threads from
+``FL_SHADOW_THREADS`` (default 1; attacks, evaluation and scoring run on them, and
+``status.json`` records the count), ``OMP_WAIT_POLICY=PASSIVE`` having been set before torch
+loaded (:mod:`fl_shadow.threads`); a malformed value stops the run with one line.
+
 Everything is built by :func:`fl_shadow.apps.federation.build_federation`.
 """
 
@@ -59,9 +64,11 @@ from fl_shadow.diagnostics import capture_warnings
 from fl_shadow.errors import ConfigError, ResumeError
 from fl_shadow.logs import route_to_flower
 from fl_shadow.report import RunRecorder, check_writable_folder, new_run_dir
+from fl_shadow.threads import set_torch_threads
 from strategies import CuriousServer
 
 log = logging.getLogger(__name__)
+
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -145,6 +152,7 @@ def build_server(context: Context) -> tuple[CuriousServer, ServerConfig]:
     run_config = dict(context.run_config)
     checkpoint = None
     try:
+        set_torch_threads()
         project_dir = project_dir_of(run_config)
         with capture_warnings() as caught:  # the checks' warnings go to the results folder
             if is_resume(run_config):

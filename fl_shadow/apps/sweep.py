@@ -30,8 +30,9 @@ defense that declares an attacker model. With ``--engine flwr`` each (cell, atta
 Records (plain JSON, :mod:`fl_shadow.verdict` reads them) land in
 ``<out>/cells/<cell>/federation.json`` and ``attack-<label>.json``, each written atomically, and
 a cell is skipped when its records exist: a killed sweep resumes where it stopped. Cells run in
-``--jobs`` worker processes, one torch thread each (``OMP_WAIT_POLICY=PASSIVE``: busy-waiting
-OpenMP threads of two processes on two cores slow both 30-75x), with a progress line per cell.
+``--jobs`` worker processes of ``FL_SHADOW_THREADS`` torch threads each (default 1;
+``OMP_WAIT_POLICY=PASSIVE``: busy-waiting OpenMP threads of two processes on two cores slow
+both 30-75x; :mod:`fl_shadow.threads`), with a progress line per cell.
 Per-image latent fits of the generative defenses are memoized in ``<out>/latent-cache``
 (:mod:`fl_shadow.generative.inversion`: bit-for-bit the same fits), so the strengths of the
 shadow or latent-minimax defense share one fit per seed.
@@ -61,7 +62,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from fl_shadow.apps.experiment import Components, check_experiment, resolve_components
@@ -93,6 +93,7 @@ from fl_shadow.generative.inversion import LATENT_CACHE_ENV
 from fl_shadow.generative.public import pretrained_generator
 from fl_shadow.report import read_jsonl, read_warnings
 from fl_shadow.scoring import Scorer
+from fl_shadow.threads import configured_threads, passive_wait, set_torch_threads
 from fl_shadow.verdict import CellKey, strength_text
 from strategies import ReceivedUpdate, Skipped
 
@@ -551,7 +552,7 @@ def is_done(cell: FederationCell, out_dir: Path) -> bool:
 
 
 def _worker_init() -> None:
-    torch.set_num_threads(1)
+    set_torch_threads()
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("flwr", "fl_shadow", "attacks", "strategies", "clients"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -579,7 +580,7 @@ def run_sweep(spec: SweepSpec, cells: Sequence[FederationCell], out_dir: Path, *
                 if (out_dir / "sweep.json").is_file() else {})
     sittings = [*previous.get("sittings", []),
                 {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engine": engine,
-                 "jobs": jobs, "torch_threads_per_worker": 1}]
+                 "jobs": jobs, "torch_threads_per_worker": configured_threads()}]
     write_json(out_dir / "sweep.json", {"spec": dataclasses.asdict(spec), "sittings": sittings,
                                         "cells": [
         {"name": c.name, "key": c.key.to_json(), "attacks": [a.label for a in c.attacks],
@@ -590,11 +591,11 @@ def run_sweep(spec: SweepSpec, cells: Sequence[FederationCell], out_dir: Path, *
     done, total, start = len(cells) - len(todo), len(cells), time.perf_counter()
     if not todo:
         return
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    passive_wait()  # the workers inherit it (import fl_shadow set it already)
     # Latent fits (shadow, latent minimax) do not depend on the defense's strength: fit once.
     os.environ.setdefault(LATENT_CACHE_ENV, str(out_dir / "latent-cache"))
     if jobs <= 1:
-        torch.set_num_threads(1)
+        set_torch_threads()
         results: Iterator[dict[str, Any]] = (_run_one(c, out_dir, engine) for c in todo)
     else:
         pool = concurrent.futures.ProcessPoolExecutor(
