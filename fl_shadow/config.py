@@ -330,6 +330,10 @@ class AttackConfig:
         adaptive: the attacker knows which defense the clients run and its public parameters
             (``defense.name``/``defense.params``, never the clients' private randomness, keys
             or state) and models it in its objective (:mod:`attacks.adaptive`).
+        combine_rounds: the cross-round attacker: each reconstruction of a client is
+            combined with the attacker's earlier reconstructions of the same client (aligned,
+            standardized, averaged; :mod:`fl_shadow.cross_round`). Noise drawn fresh every
+            round averages away; a frozen noise memory does not.
         parallel: how many attacks may run at the same time on the server (Ray tasks, one per
             attacked update); 1 runs them one after another in the server process.
         assumed_training: what the attacker assumes of the clients' local training where it
@@ -346,6 +350,7 @@ class AttackConfig:
     bn_statistics: Literal["given", "withheld"] = "given"
     max_images: Annotated[Int, Field(ge=1, le=1024)] = 8
     adaptive: Bool = False
+    combine_rounds: Bool = False
     parallel: Annotated[Int, Field(ge=1, le=256)] = 1
     assumed_training: Params = field(default_factory=dict)
     params: Params = field(default_factory=dict)

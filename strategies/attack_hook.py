@@ -29,6 +29,7 @@ import torch
 from fl_shadow import flower_keys as keys
 from fl_shadow.audit import AuditRecord, attacked_indices, decode_audit
 from fl_shadow.config import AttackConfig
+from fl_shadow.cross_round import combine_rounds
 from fl_shadow.errors import ThreatModelError
 from fl_shadow.threat_model import (
     Attack,
@@ -36,6 +37,7 @@ from fl_shadow.threat_model import (
     DefenseKnowledge,
     Observation,
     Prior,
+    Reconstruction,
     bn_statistic_names,
 )
 from fl_shadow.training import LocalTraining
@@ -113,6 +115,9 @@ class AttackHook:
         self.withheld = (set(bn_statistic_names(architecture))
                          if selection.bn_statistics == "withheld" else set())
         self._unnamed_warned: set[int] = set()
+        # attack.combine_rounds: each client's earlier reconstructions (as the attack made
+        # them, before combining), in round order.
+        self._earlier: dict[int, list[torch.Tensor]] = {}
 
     @property
     def parallel(self) -> int:
@@ -172,8 +177,21 @@ class AttackHook:
         log.info("round %d: attacking client %d (%s, %d image(s), %d local step(s))",
                  server_round, update.client_id, self.attack.name, observation.num_images,
                  observation.num_local_steps)
-        reconstruction = self.attack.reconstruct(observation, self.prior)
+        reconstruction = self._combined(update.client_id,
+                                        self.attack.reconstruct(observation, self.prior))
         return AttackOutcome(server_round, update.client_id, reconstruction, audit)
+
+    def _combined(self, client_id: int, reconstruction: Reconstruction) -> Reconstruction:
+        """With ``attack.combine_rounds``, this reconstruction combined with the client's
+        earlier ones (:func:`fl_shadow.cross_round.combine_rounds`); otherwise unchanged."""
+        if not self.selection.combine_rounds:
+            return reconstruction
+        earlier = self._earlier.setdefault(client_id, [])
+        images = combine_rounds(reconstruction.images, earlier)
+        usable = sum(e.shape == reconstruction.images.shape for e in earlier)
+        earlier.append(reconstruction.images.detach().clone())
+        return replace(reconstruction, images=images,
+                       info={**reconstruction.info, "combined_rounds": float(usable + 1)})
 
     def run_all(self, server_round: int, global_arrays: Sequence[np.ndarray],
                 updates: Sequence[ReceivedUpdate]) -> Iterator[AttackOutcome | Skipped]:
@@ -201,7 +219,8 @@ class AttackHook:
                     yield skipped
                     continue
                 job, audit = next(done)
-                yield AttackOutcome(server_round, job.client_id, next(reconstructions), audit)
+                yield AttackOutcome(server_round, job.client_id,
+                                    self._combined(job.client_id, next(reconstructions)), audit)
         finally:
             reconstructions.close()  # stops the attacks still running if the caller gave up
 

@@ -149,6 +149,8 @@ class AttackAxis:
         rounds: the attacked rounds this attack runs on (a subset of the spec's ``rounds``;
             default: all of them), e.g. a cheap attack on every round, the costly ones on the
             first.
+        combine_rounds: the cross-round attacker (``attack.combine_rounds``): each round's
+            reconstruction of a client combined with the earlier rounds' it attacked.
     """
 
     label: Str
@@ -156,6 +158,7 @@ class AttackAxis:
     params: Params = field(default_factory=dict)
     adaptive: Bool = False
     rounds: IntList | None = None
+    combine_rounds: Bool = False
 
 
 @settings
@@ -238,7 +241,7 @@ class FederationCell:
         """The cell's experiment with ``attack`` as the curious server's."""
         return dataclasses.replace(self.config, attack=dataclasses.replace(
             self.config.attack, name=attack.name, params=dict(attack.params),
-            adaptive=attack.adaptive))
+            adaptive=attack.adaptive, combine_rounds=attack.combine_rounds))
 
 
 def cell_name(key: CellKey) -> str:
@@ -417,7 +420,8 @@ def attack_cell(cell: FederationCell, attack: AttackAxis, kept: Kept) -> tuple[
         if wrong is not None:
             warned.append(wrong)
     record = {"key": cell.key.to_json(), "attack": attack.label, "name": attack.name,
-              "params": dict(attack.params), "adaptive": attack.adaptive, "updates": updates,
+              "params": dict(attack.params), "adaptive": attack.adaptive,
+              "combine_rounds": attack.combine_rounds, "updates": updates,
               "seconds": time.perf_counter() - start, "warnings": warned}
     return record, pictures
 
@@ -537,7 +541,7 @@ def run_cell_with_flwr(cell: FederationCell, out_dir: Path) -> dict[str, Any]:
             write_json(folder / f"attack-{attack.label}.json", {
                 "key": cell.key.to_json(), "attack": attack.label, "name": attack.name,
                 "params": dict(attack.params), "adaptive": attack.adaptive,
-                "updates": updates,
+                "combine_rounds": attack.combine_rounds, "updates": updates,
                 "warnings": [w.message for w in run_warnings if w.where == WHERE_ATTACK]})
     return {"cell": cell.name, "attacks": len(todo), "seconds": time.perf_counter() - start}
 
