@@ -201,3 +201,44 @@ def test_latent_fits_are_memoized_bit_for_bit(tmp_path, monkeypatch) -> None:  #
         assert torch.equal(next_draw, after_plain[1])  # rng left where the real fit left it
     other = fit_latents(gen, images, iterations=21, rng=torch.Generator().manual_seed(7))
     assert len(list(tmp_path.glob("*.pt"))) == 2 and other.iterations != 0
+
+
+def test_each_image_stops_on_its_own_plateau() -> None:
+    gen = _generator()
+    codes = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        exact = to_unit(gen(codes[:1]))       # image 0: its start code makes it exactly
+    other = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    fit = fit_latents(gen, torch.cat([exact, other]), iterations=200, lr=0.05,
+                      min_iterations=20, patience=5, initial=codes)
+    assert fit.image_iterations is not None
+    # image 0 never improves on its zero loss: it stops as soon as the rule may stop it
+    assert int(fit.image_iterations[0]) == 20
+    assert float(fit.mse[0]) < 1e-12  # zero up to the batched forward's float order
+    torch.testing.assert_close(fit.latents[0], codes[0])
+    # image 1 keeps improving for longer, and the fit ran as long as it did
+    assert int(fit.image_iterations[1]) > 20
+    assert fit.iterations == int(fit.image_iterations[1])
+
+
+def test_a_batched_fit_equals_fitting_each_image_alone() -> None:
+    gen = _generator()
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    codes = torch.randn(3, 8, generator=torch.Generator().manual_seed(4))
+    settings = dict(iterations=150, lr=0.05, min_iterations=20, patience=5, tol=1e-3)
+    batched = fit_latents(gen, images, initial=codes, **settings)  # type: ignore[arg-type]
+    alone = [fit_latents(gen, images[i:i + 1], initial=codes[i:i + 1], **settings)  # type: ignore[arg-type]
+             for i in range(3)]
+    torch.testing.assert_close(batched.latents, torch.cat([f.latents for f in alone]),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.mse, torch.cat([f.mse for f in alone]),
+                               rtol=1e-4, atol=1e-7)
+    assert batched.image_iterations is not None
+    assert batched.image_iterations.tolist() == [f.iterations for f in alone]
+    assert len(set(batched.image_iterations.tolist())) > 1  # they did stop at different times
+
+
+def test_initial_codes_must_match_the_images() -> None:
+    gen = _generator()
+    with pytest.raises(ValueError, match=r"initial: expected shape \(2, 8\), got \(3, 8\)"):
+        fit_latents(gen, torch.rand(2, 1, 8, 8), initial=torch.zeros(3, 8))

@@ -52,8 +52,9 @@ from fl_shadow.apps.experiment import check_experiment, load_experiment
 from fl_shadow.apps.federation import Federation
 from fl_shadow.checkpoint import keeps_client_state, prepare_resume
 from fl_shadow.config import DEFAULT_CONFIG, ExperimentConfig, resolve_config_path
+from fl_shadow.data import load_dataset
 from fl_shadow.errors import ConfigError, ResumeError
-from fl_shadow.generative.public import pretrained_generator
+from fl_shadow.generative.public import cached_generator_quality, pretrained_generator
 from fl_shadow.report import check_writable_folder, new_run_dir, read_warnings
 from fl_shadow.threads import set_torch_threads
 from fl_shadow.training import resolve_device
@@ -253,7 +254,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "pretrain-generator":
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             config, _ = load_experiment(path, args.set)
-            print(f"fl-shadow: generator {pretrain_generator(config)}")
+            checkpoint = pretrain_generator(config)
+            quality = cached_generator_quality(config, load_dataset(config.data,
+                                                                    seed=config.seed))
+            if quality is not None:
+                print(f"fl-shadow: generator quality: latent fit {quality.public_fit_psnr:.1f} "
+                      f"dB on public images, {quality.held_out_fit_psnr:.1f} dB on unseen "
+                      f"ones; samples {quality.sample_to_public_psnr:.1f} dB from their "
+                      f"nearest public image, unseen images "
+                      f"{quality.held_out_to_public_psnr:.1f} dB")
+                for message in quality.warnings():
+                    print(f"fl-shadow: warning: {message}")
+            print(f"fl-shadow: generator {checkpoint}")
         else:
             _, components = load_experiment(path, args.set)
             print(f"{args.config or 'default'}: ok ({components.summary()})")

@@ -49,6 +49,7 @@ from fl_shadow.defenses import DEFENSES, DefenseSpec
 from fl_shadow.diagnostics import sparse_classes
 from fl_shadow.errors import ConfigError, DataError
 from fl_shadow.generative.pretrain import MIN_PUBLIC_IMAGES
+from fl_shadow.generative.public import cached_generator_quality
 from fl_shadow.models import MODELS, ModelSpec
 from fl_shadow.report import check_writable_folder, one_line
 from fl_shadow.threat_model import ThreatModelNeeds
@@ -266,6 +267,9 @@ def _check_data(config: ExperimentConfig, c: Components) -> None:
         if public < FEW_PUBLIC_IMAGES:
             warnings.warn(f"data: the generator learns from {public} public images only; it "
                           "will reproduce them rather than the domain", stacklevel=3)
+        quality = cached_generator_quality(config, splits)
+        for message in quality.warnings() if quality is not None else ():
+            warnings.warn(message, stacklevel=3)
 
 
 def _class_counts_text(counts: list[tuple[str, int]]) -> str:

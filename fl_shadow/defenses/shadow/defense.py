@@ -275,6 +275,7 @@ class ShadowDefense(Defense):
             if self.latents is not None:
                 logger.warning("client %d: %d local images but %d latent codes; refitting",
                                ctx.client_id, len(images), len(self.latents))
+            fit_start = time.perf_counter()
             rng = torch.Generator().manual_seed(ctx.generator.initial_seed() ^ 0x5EED)
             unit = self._to_unit_images(images)
             fits = [fit_latents(self.shadow, unit[i:i + p.z_batch_size], iterations=p.z_iter,
@@ -287,6 +288,7 @@ class ShadowDefense(Defense):
             self.latents = torch.cat([f.latents for f in fits]).detach()
             ctx.metrics["shadow_latent_mse"] = float(torch.cat([f.mse for f in fits]).mean())
             ctx.metrics["shadow_latent_iterations"] = float(max(f.iterations for f in fits))
+            ctx.metrics["shadow_latent_seconds"] = time.perf_counter() - fit_start
             self.memory, self.seen = None, torch.zeros(len(images), dtype=torch.bool)
         if self.seen is None:
             self.seen = torch.zeros(len(images), dtype=torch.bool)
@@ -297,7 +299,9 @@ class ShadowDefense(Defense):
             stale = self.cam is None or len(self.cam) != len(images) \
                 or (ctx.server_round - 1) % p.cam_every == 0
             if stale:
+                cam_start = time.perf_counter()
                 self.cam = cam_maps(model, images, labels)
+                ctx.metrics["shadow_cam_seconds"] = time.perf_counter() - cam_start
             assert self.cam is not None
             self.region = top_fraction_mask(self.cam, p.perc_cam)
         ctx.metrics["shadow_seconds"] = time.perf_counter() - start
@@ -385,6 +389,7 @@ class ShadowDefense(Defense):
         assert self.shadow is not None and self.optimizer is not None
         p = self.params
         if fine_tune:
+            tune_start = time.perf_counter()
             victim = pseudo_step(model, x, y) if p.pseudo_train_img else None
             old = [q.detach().clone() for q in self.shadow.parameters()]
             params = list(self.shadow.parameters())
@@ -400,6 +405,8 @@ class ShadowDefense(Defense):
             self.optimizer.zero_grad(set_to_none=True)
             for name, value in terms.items():
                 ctx.metrics[f"shadow_{name}"] = value
+            ctx.metrics["shadow_fine_tune_seconds"] = ctx.metrics.get(
+                "shadow_fine_tune_seconds", 0.0) + time.perf_counter() - tune_start
         with torch.no_grad():
             error = (self._shadow_images(idx) - x).pow(2)
             if self.foreground is not None:  # the background ranks last: least noise there
