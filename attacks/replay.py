@@ -18,17 +18,21 @@ epoch is then an approximation.
 Like the client, the replay runs the model in train mode (BatchNorm normalises with batch
 statistics). Buffers are cloned for every call, so running statistics never leak into the
 attacker's model or between calls.
+
+:meth:`UpdateReplay.batched` replays ``R`` candidate sets at once (an attack's restarts), each
+with its own parameters, buffers and batch statistics, under :func:`torch.func.vmap`.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
 from fl_shadow.training import LocalTraining, proximal_term
 
@@ -102,6 +106,8 @@ class UpdateReplay:
                            else num_images)
         self.slots = step_slots(plan, num_examples, self.num_images)
         self.defense: DefenseModel | None = None
+        # built by pure_model() on first use
+        self._pure_model: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
         device = next(model.parameters()).device
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         missing = [n for n in self.names if n not in global_state]
@@ -139,21 +145,77 @@ class UpdateReplay:
             raise ValueError(f"expected {self.num_images} candidate images, got {x.shape[0]}")
         if labels.shape[0] != self.num_images:
             raise ValueError(f"expected {self.num_images} labels, got {labels.shape[0]}")
+        return self._replay(x, labels, create_graph=create_graph, sets=None)
+
+    def batched(self, x: torch.Tensor, labels: torch.Tensor, *,
+                create_graph: bool = True) -> list[torch.Tensor]:
+        """The simulated updates of ``R`` independent candidate sets in one pass.
+
+        What an attack's restarts (or seeds) need at every iteration, as one computation
+        instead of ``R``: each set gets its own copy of the parameters and buffers, and the
+        model runs under :func:`torch.func.vmap` over the sets, so BatchNorm normalises each
+        set with its own batch statistics (stacking the sets into one batch would couple
+        them) and each set's local steps move only its own parameters. Row ``r`` equals
+        ``self(x[r], labels[r])`` up to float rounding (the batched kernels sum in another
+        order).
+
+        Args:
+            x: ``(R, K, C, H, W)`` candidate sets in normalized space.
+            labels: ``(R, K)`` class indices or ``(R, K, num_classes)`` probabilities.
+            create_graph: as in :meth:`__call__`.
+
+        Returns:
+            per parameter ``(R, *shape)``: the sets' ``theta_T - theta_0``.
+
+        Raises:
+            ValueError: wrong shapes, or a :attr:`defense` model is set (a defense's hooks see
+                one candidate set at a time; replay the sets one by one instead).
+        """
+        if self.defense is not None:
+            raise ValueError("batched replay does not model a defense; replay each candidate "
+                             "set alone")
+        if x.dim() != 5 or x.shape[1] != self.num_images:
+            raise ValueError(f"expected candidate sets (R, {self.num_images}, C, H, W), got "
+                             f"{tuple(x.shape)}")
+        if tuple(labels.shape[:2]) != tuple(x.shape[:2]):
+            raise ValueError(f"expected labels of shape ({x.shape[0]}, {self.num_images}[, "
+                             f"classes]), got {tuple(labels.shape)}")
+        return self._replay(x, labels, create_graph=create_graph, sets=x.shape[0])
+
+    def _replay(self, x: torch.Tensor, labels: torch.Tensor, *, create_graph: bool,
+                sets: int | None) -> list[torch.Tensor]:
+        """The local training on one candidate set (``sets`` None) or on ``sets`` stacked
+        ones (leading dim; parameters and buffers stacked alike, the model vmapped)."""
         defense = self.defense
-        params = {n: t.clone().requires_grad_(True) for n, t in self._initial.items()}
+
+        def stacked(t: torch.Tensor) -> torch.Tensor:
+            return t.clone() if sets is None else t.expand(sets, *t.shape).clone()
+
+        params = {n: stacked(t).requires_grad_(True) for n, t in self._initial.items()}
         # Fresh buffer copies: BatchNorm updates them in place in train mode.
-        constants = {n: t.clone() for n, t in self._constants.items()}
+        constants = {n: stacked(t) for n, t in self._constants.items()}
+
+        def step_loss(p: dict[str, torch.Tensor], c: dict[str, torch.Tensor],
+                      batch: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(functional_call(self.model, {**p, **c}, (batch,)), y)
+
+        # One loss per set, summed: set r's parameters get set r's gradient only.
+        losses = step_loss if sets is None else vmap(step_loss)
         state: dict[str, list[torch.Tensor]] = {}
         was_training = self.model.training
         self.model.train()
         try:
             for step, idx in enumerate(self.slots):
                 idx = idx.to(x.device)
-                batch = x[idx] if defense is None else defense.perturb_input(x[idx], step)
-                logits = functional_call(self.model, {**params, **constants}, (batch,))
-                loss = F.cross_entropy(logits, labels[idx])
+                if sets is None:
+                    batch = x[idx] if defense is None else defense.perturb_input(x[idx], step)
+                    y = labels[idx]
+                else:
+                    batch, y = x[:, idx], labels[:, idx]
+                loss = losses(params, constants, batch, y).sum()
                 tensors = [params[n] for n in self.names]
                 if self.plan.proximal_mu:  # FedProx: the clients' loss has the proximal term
+                    # (a sum over entries: separable across stacked sets)
                     loss = loss + proximal_term(tensors, [self._initial[n] for n in self.names],
                                                 self.plan.proximal_mu)
                 grads = torch.autograd.grad(loss, tensors, create_graph=create_graph,
@@ -172,6 +234,60 @@ class UpdateReplay:
         if defense is not None:
             update = defense.protect_update(update)
         return update if create_graph else [u.detach() for u in update]
+
+    def pure_model(self) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The model copy :meth:`pure` runs (BatchNorm without running statistics) and the
+        frozen parameters it is called with; built on the first call. Call it once before
+        tracing :meth:`pure` with :func:`torch.compile` (building modules does not trace)."""
+        if self._pure_model is None:
+            buffers = {n for n, _ in self.model.named_buffers()}
+            model = replace_all_batch_norm_modules_(copy.deepcopy(self.model)).train()
+            frozen = {n: t for n, t in self._constants.items() if n not in buffers}
+            self._pure_model = (model, frozen)
+        return self._pure_model
+
+    def pure(self, x: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`__call__` as a pure function of ``x``, for :mod:`torch.func` transforms and
+        :func:`torch.compile`.
+
+        Each step's gradient comes from :func:`torch.func.grad` instead of
+        ``torch.autograd.grad(create_graph=True)``, so ``torch.func.grad`` of a cost of the
+        result differentiates through the whole local training and the computation can be
+        traced into one graph (``create_graph`` autograd cannot be compiled). The model runs
+        as a copy whose BatchNorm layers keep no running statistics: train-mode BatchNorm
+        normalises with batch statistics either way, and updating buffers in place is what
+        the transforms forbid. Equals ``self(x, labels)`` up to float rounding.
+
+        Raises:
+            ValueError: a :attr:`defense` model is set (its hooks are not written for the
+                transforms).
+        """
+        if self.defense is not None:
+            raise ValueError("the pure replay does not model a defense; use the replay itself")
+        if x.shape[0] != self.num_images or labels.shape[0] != self.num_images:
+            raise ValueError(f"expected {self.num_images} candidate images and labels, got "
+                             f"{x.shape[0]} and {labels.shape[0]}")
+        model, frozen = self.pure_model()
+        anchor = [self._initial[n] for n in self.names]
+
+        def step_loss(p: dict[str, torch.Tensor], batch: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor:
+            loss = F.cross_entropy(functional_call(model, {**p, **frozen}, (batch,)), y)
+            if self.plan.proximal_mu:
+                loss = loss + proximal_term([p[n] for n in self.names], anchor,
+                                            self.plan.proximal_mu)
+            return loss
+
+        step_grad = grad(step_loss)
+        params = dict(self._initial)
+        state: dict[str, list[torch.Tensor]] = {}
+        for step, idx in enumerate(self.slots):
+            idx = idx.to(x.device)
+            grads = step_grad(params, x[idx], labels[idx])
+            new = self._optimizer_step([params[n] for n in self.names],
+                                       [grads[n] for n in self.names], state, step + 1)
+            params = dict(zip(self.names, new, strict=True))
+        return [params[n] - self._initial[n] for n in self.names]
 
     def _optimizer_step(self, params: list[torch.Tensor], grads: list[torch.Tensor],
                         state: dict[str, list[torch.Tensor]], t: int) -> list[torch.Tensor]:

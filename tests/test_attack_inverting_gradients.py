@@ -179,9 +179,11 @@ def test_restarts_search_which_recovered_label_sat_in_which_step(labels):
 
 
 # --- restarts, determinism -------------------------------------------------------------------
-def test_restarts_keep_the_lowest_attack_loss():
+@pytest.mark.parametrize("batch_restarts", [True, False])
+def test_restarts_keep_the_lowest_attack_loss(batch_restarts):
     observation, prior = _observe(_camera(), [0], LocalTraining(lr=0.01, batch_size=1))
-    rec = _attack(iterations=15, restarts=3).reconstruct(observation, prior)
+    rec = _attack(iterations=15, restarts=3,
+                  batch_restarts=batch_restarts).reconstruct(observation, prior)
     costs = [rec.info[f"restart_{i}_cost"] for i in range(3)]
     assert len(set(costs)) == 3  # independent starts
     assert rec.loss == min(costs)
@@ -195,6 +197,116 @@ def test_restarts_keep_the_lowest_attack_loss():
     rescored = float(cosine_cost(replay(x, rec.labels, create_graph=False),
                                  observation.parameter_update(model)))
     assert rescored == pytest.approx(rec.loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("plan", [
+    LocalTraining(lr=0.05, batch_size=1, local_epochs=1),  # 2 steps, one image each
+    LocalTraining(lr=0.05, batch_size=2, local_steps=2, momentum=0.9, weight_decay=1e-3),
+    LocalTraining(lr=0.01, batch_size=2, local_steps=2, optimizer="adam", proximal_mu=0.1),
+], ids=["sgd", "momentum", "adam_fedprox"])
+def test_batched_replay_equals_each_set_replayed_alone(plan):
+    """Row r of the batched replay is the replay of set r: own parameters, own BatchNorm
+    statistics (the test model has BatchNorm), own local steps; gradients w.r.t. the images
+    too."""
+    torch.manual_seed(0)
+    model = _factory()
+    replay = UpdateReplay(model, model.state_dict(), plan, 2, 2)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 2, 1, SIZE, SIZE, generator=g).requires_grad_(True)
+    labels = torch.tensor([[0, 1], [2, 2], [3, 0]])
+    batched = replay.batched(x, labels)
+    probe = [torch.randn(u.shape[1:], generator=g) for u in batched]
+    (grad_batched,) = torch.autograd.grad(
+        sum((u * v).sum() for u, v in zip(batched, probe, strict=True)), x)
+    for r in range(3):
+        xr = x[r].detach().clone().requires_grad_(True)
+        alone = replay(xr, labels[r])
+        # Float rounding only (Adam's first steps amplify it where a gradient entry is tiny).
+        for u, a in zip(batched, alone, strict=True):
+            torch.testing.assert_close(u[r], a, rtol=1e-3,
+                                       atol=1e-4 * float(a.detach().abs().max()))
+        (grad_alone,) = torch.autograd.grad(
+            sum((a * v).sum() for a, v in zip(alone, probe, strict=True)), xr)
+        torch.testing.assert_close(grad_batched[r], grad_alone, rtol=1e-3,
+                                   atol=1e-3 * float(grad_alone.abs().max()))
+    plain = replay.batched(x.detach(), labels, create_graph=False)
+    assert all(not u.requires_grad for u in plain)
+    with pytest.raises(ValueError, match="expected candidate sets"):
+        replay.batched(x[0], labels[0])
+    from fl_shadow.defenses.base import DefenseModel
+    replay.defense = DefenseModel()
+    with pytest.raises(ValueError, match="does not model a defense"):
+        replay.batched(x, labels)
+
+
+@pytest.mark.parametrize("plan, labels", [
+    (LocalTraining(lr=0.01, batch_size=2), [2, 0]),  # one step, BatchNorm couples the pair
+    (LocalTraining(lr=0.05, batch_size=1, local_epochs=1), [2, 0]),  # labels placed per restart
+])
+def test_batched_restarts_follow_their_sequential_trajectories(plan, labels):
+    """One batched optimisation of R restarts = the R restarts one after the other: same
+    starts, same trajectories (to float rounding), same scores and the same winner."""
+    truth = torch.cat([_image("camera"), _image("moon")])
+    observation, prior = _observe(truth, labels, plan)
+    runs = [_attack(iterations=20, restarts=3, batch_restarts=b).reconstruct(observation, prior)
+            for b in (False, True)]
+    sequential, batched = runs
+    for i in range(3):
+        assert batched.info[f"restart_{i}_cost"] == pytest.approx(
+            sequential.info[f"restart_{i}_cost"], rel=1e-3, abs=1e-5)
+    assert batched.info["best_restart"] == sequential.info["best_restart"]
+    assert batched.labels.tolist() == sequential.labels.tolist()
+    torch.testing.assert_close(batched.images, sequential.images, rtol=0, atol=1e-3)
+    assert batched.iterations == sequential.iterations == 60
+
+
+def test_one_restart_is_the_same_with_batching_on_or_off():
+    observation, prior = _observe(_camera(), [1], LocalTraining(lr=0.01, batch_size=1))
+    on = _attack(iterations=10, batch_restarts=True).reconstruct(observation, prior)
+    off = _attack(iterations=10, batch_restarts=False).reconstruct(observation, prior)
+    assert torch.equal(on.images, off.images) and on.loss == off.loss
+
+
+@pytest.mark.parametrize("plan", [
+    LocalTraining(lr=0.05, batch_size=1, local_epochs=1),
+    LocalTraining(lr=0.01, batch_size=2, local_steps=2, optimizer="adam", proximal_mu=0.1),
+], ids=["sgd", "adam_fedprox"])
+def test_pure_replay_equals_the_replay_and_its_image_gradient(plan):
+    """What ``compile: true`` traces: the torch.func replay, differentiated by torch.func.grad,
+    gives the autograd replay's update and image gradient."""
+    torch.manual_seed(0)
+    model = _factory()
+    replay = UpdateReplay(model, model.state_dict(), plan, 2, 2)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, SIZE, SIZE, generator=g)
+    labels = torch.tensor([1, 3])
+    probe = [torch.randn(t.shape, generator=g) for t in replay._initial.values()]
+
+    def score(update: list[torch.Tensor]) -> torch.Tensor:
+        return sum((u * v).sum() for u, v in zip(update, probe, strict=True))
+
+    xr = x.clone().requires_grad_(True)
+    reference = replay(xr, labels)
+    (grad_reference,) = torch.autograd.grad(score(reference), xr)
+    for u, a in zip(replay.pure(x, labels), reference, strict=True):
+        torch.testing.assert_close(u, a.detach(), rtol=1e-3,
+                                   atol=1e-4 * float(a.detach().abs().max()))
+    grad_pure = torch.func.grad(lambda images: score(replay.pure(images, labels)))(x)
+    torch.testing.assert_close(grad_pure, grad_reference, rtol=1e-3,
+                               atol=1e-3 * float(grad_reference.abs().max()))
+
+
+@pytest.mark.slow
+def test_compiled_attack_follows_the_uncompiled_trajectory():
+    """``compile: true`` (~50 s to compile on a 2-core CPU the first time)."""
+    observation, prior = _observe(_camera(), [2], LocalTraining(lr=0.01, batch_size=1))
+    eager = _attack(iterations=20, restarts=2, batch_restarts=False).reconstruct(observation,
+                                                                               prior)
+    compiled = _attack(iterations=20, restarts=2, compile=True).reconstruct(observation, prior)
+    assert compiled.info["compile_seconds"] > 0
+    assert compiled.info["best_restart"] == eager.info["best_restart"]
+    assert compiled.loss == pytest.approx(eager.loss, rel=1e-3)
+    torch.testing.assert_close(compiled.images, eager.images, rtol=0, atol=1e-3)
 
 
 def test_deterministic_under_its_seed():
