@@ -142,3 +142,28 @@ def test_sizes_ignored_by_iid_warns():
     with pytest.warns(UserWarning, match="partition.sizes is ignored"):
         parts = partition_indices(balanced_labels(10), cfg, seed=0)
     assert [len(p) for p in parts] == [5, 5]
+
+
+def test_a_federation_partitions_once_however_many_clients_it_builds(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each Flower message builds its client; recomputing the partition for each made a round's
+    cost grow with the square of the clients (55 ms a partition at 1,000 clients)."""
+    from fl_shadow.apps import federation as federation_module
+    from fl_shadow.apps.federation import Federation
+    from fl_shadow.config import load_config
+    from fl_shadow.data import client_dataset
+
+    calls = []
+    real = federation_module.partition_indices
+    monkeypatch.setattr(federation_module, "partition_indices",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    n = 6
+    config = load_config(None, ["partition.scheme=dirichlet", f"partition.num_clients={n}",
+                                "partition.sizes=null", "partition.batch_sizes=[8]",
+                                f"strategy.min_fit_clients={n}",
+                                f"strategy.min_available_clients={n}"])
+    fed = Federation(config)
+    for cid in (0, 3, 5, 3):
+        client = fed.client({"partition-id": cid, "num-partitions": n}, None)
+        alone, _ = client_dataset(fed.splits, config.partition, cid, seed=config.seed)
+        assert np.array_equal(client.data.global_indices, alone)
+    assert len(calls) == 1

@@ -39,7 +39,7 @@ from fl_shadow import metrics
 from fl_shadow.apps.experiment import Components, check_experiment, resolve_components
 from fl_shadow.checkpoint import Checkpoint, config_digest
 from fl_shadow.config import ExperimentConfig, load_config_dict, parse_yaml
-from fl_shadow.data import DatasetSplits, client_dataset, load_dataset
+from fl_shadow.data import DatasetSplits, client_dataset, load_dataset, partition_indices
 from fl_shadow.defenses import Defense, describe_defense
 from fl_shadow.diagnostics import capture_warnings
 from fl_shadow.errors import ConfigError, ProtocolError, ResumeError
@@ -183,6 +183,13 @@ class Federation:
                 keys.EXPERIMENT: self.experiment_yaml}
 
     @cached_property
+    def partition(self) -> list[np.ndarray]:
+        """Every client's train-split indices, computed once per process (each message builds
+        its client through :meth:`client`)."""
+        return partition_indices(self.splits.train.labels, self.config.partition,
+                                 seed=self.config.seed)
+
+    @cached_property
     def experiment_yaml(self) -> str:
         return self.config.to_yaml()
 
@@ -211,7 +218,7 @@ class Federation:
                     f"--federation-config 'num-supernodes={n}' (fl-shadow run does this)")
             splits = self.splits
             indices, local = client_dataset(splits, self.config.partition, client_id,
-                                            seed=self.config.seed)
+                                            seed=self.config.seed, partition=self.partition)
             data = LocalData(local.images, local.labels, np.asarray(indices), splits.mean,
                              splits.std, splits.num_classes, *_held_out(splits))
             return self.client_for(client_id, data, context=context, send_audit=True,
