@@ -2,7 +2,7 @@
 
 One federation per row, all from ``fl_shadow/configs/default.yaml`` (same data, partition,
 seed, 10 rounds, attack on the 1-image and 4-image hospitals in rounds 1 and 10), each with one
-defense at its default parameters (the Shadow Defense from ``shadow.yaml``, which only sets its
+defense at its default parameters (the Shadow Defense from ``shadow_paper.yaml``, which only sets its
 training rounds to fit a 10-round run). For each row: attack PSNR / SSIM / LPIPS / MSE and the
 reference classifier's accuracy on the reconstructions (mean over the attacked updates, and
 per attacked round), final test accuracy and macro-F1 of the global model (and of the clients'
@@ -53,7 +53,7 @@ ROWS: list[tuple[str, str, Path, list[str]]] = [
     ("fedkl, sigmoid lock", "fedkl-sigmoid", DEFAULT,
      ["defense.name=fedkl", "defense.params.activation=sigmoid"]),
     ("latent_minimax", "latent_minimax", DEFAULT, ["defense.name=latent_minimax"]),
-    ("shadow", "shadow", SHIPPED_CONFIGS / "shadow.yaml", []),
+    ("shadow", "shadow", SHIPPED_CONFIGS / "shadow_paper.yaml", []),
     ("soteria", "soteria", DEFAULT, ["defense.name=soteria"]),  # last: ~5 s per local step
 ]
 PRIVACY = ("psnr", "ssim", "lpips", "mse", "ref_accuracy", "label_accuracy")
@@ -96,7 +96,7 @@ def markdown(table: dict[str, dict[str, Any]], machine: str, note: str = "") -> 
     base = table.get("none (FedAvg)", {})
     lines = ["# Every defense against Inverting Gradients (offline default)", "",
              f"Machine: {machine}. Config: `fl_shadow/configs/default.yaml` with one defense at "
-             "its default parameters per row (Shadow: `shadow.yaml`); seed 0, 10 rounds; the "
+             "its default parameters per row (Shadow: `shadow_paper.yaml`); seed 0, 10 rounds; the "
              "attack targets the 1-image and 4-image hospitals in rounds 1 and 10. Produced by "
              "`experiments/defense_table.py`.", "",
              "Privacy columns are means over the four attacked updates (higher PSNR/SSIM, lower "

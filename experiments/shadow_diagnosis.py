@@ -233,7 +233,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="shadow")
+    parser.add_argument("--config", default="shadow_paper")
     parser.add_argument("--set", action="append", default=[], help="config override k=v")
     parser.add_argument("--clients", default="0,1")
     parser.add_argument("--sweep", type=Path, default=None)

@@ -1,7 +1,7 @@
 """FedAvg vs. the Shadow Defense under Inverting Gradients (run by hand; results into the repo).
 
 Runs two federations with ``fl-shadow run`` -- ``fl_shadow/configs/default.yaml`` (no defense)
-and ``fl_shadow/configs/shadow.yaml`` (the same federation with the Shadow Defense) -- then
+and ``fl_shadow/configs/shadow_paper.yaml`` (the same federation with the Shadow Defense) -- then
 compares, from their results folders:
 
 * privacy: PSNR / SSIM / LPIPS of the attacker's reconstructions, whole image and inside the
@@ -37,7 +37,7 @@ from runs import ROOT, load_run, mean_fit_seconds, run_once
 from fl_shadow.config import SHIPPED_CONFIGS, load_config
 
 CONFIGS = {"fedavg": SHIPPED_CONFIGS / "default.yaml",
-           "shadow": SHIPPED_CONFIGS / "shadow.yaml"}
+           "shadow": SHIPPED_CONFIGS / "shadow_paper.yaml"}
 METRICS = ("psnr", "ssim", "lpips", "fg_psnr", "fg_ssim", "fg_lpips")
 
 
@@ -76,7 +76,7 @@ def markdown(result: dict[str, Any], machine: str, overrides: list[str]) -> str:
     changed = f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else ""
     lines = ["# FedAvg vs. Shadow Defense under Inverting Gradients (offline default)", "",
              f"Machine: {machine}. Configs: `fl_shadow/configs/default.yaml` vs. "
-             f"`fl_shadow/configs/shadow.yaml`{changed}; produced by "
+             f"`fl_shadow/configs/shadow_paper.yaml`{changed}; produced by "
              "`experiments/shadow_vs_fedavg.py`.",
              "", "## Privacy (higher PSNR/SSIM and lower LPIPS = more leakage)", "",
              "| round | client | images | PSNR FedAvg | PSNR Shadow | drop | SSIM FedAvg | "

@@ -494,5 +494,10 @@ class ShadowDefense(Defense):
 
     def summary(self) -> str:
         p = self.params
+        budget = (f"target_psnr_db={p.target_psnr_db:g}" if p.budget == "psnr"
+                  else f"w0={p.noise_rescale:g}")
+        variants = "".join(f", {k}={v}" for k, v, paper in (
+            ("noise_sign", p.noise_sign, "positive"), ("noise_region", p.noise_region, "image"),
+            ("placement", p.placement, "shadow")) if v != paper)
         return (f"shadow(final_round={p.shadow_final_round}, gan_rounds={p.gan_rounds}, "
-                f"w0={p.noise_rescale:g}, perc_cam={p.perc_cam:g})")
+                f"{budget}, perc_cam={p.perc_cam:g}{variants})")
