@@ -6,7 +6,8 @@ For every client of the config the script times ``DefendedClient.fit``:
 * **FedAvg**: the same client with ``defense.name=none`` (median of ``--repeats``);
 * **round 1**: a fresh shadow client (the latent fit, Grad-CAM++, fine-tuning at every step);
 * **training round**: round 2, its state carried over from round 1 through Flower's node
-  context as in a real run (median of ``--repeats``, each from the round-1 state);
+  context as in a real run (median of ``--repeats``, each from the round-1 state); none when
+  ``shadow_final_round`` is 1 (the shadow trains in round 1 only);
 * **frozen round**: round ``shadow_final_round + 1``, the noise memory frozen (median).
 
 and splits the shadow's time into the latent fit, the Grad-CAM++ maps and the fine-tuning
@@ -81,8 +82,7 @@ def measure(config_name: str | None, sets: list[str], repeats: int) -> dict[str,
     shadow = Federation(config, components)
     plain = Federation(*load_experiment(config_name, [*sets, "defense.name=none"]))
     final = int(config.defense.params.get("shadow_final_round", 20))
-    if final < 2:
-        raise SystemExit("shadow_final_round < 2: no training round after round 1 to time")
+    kinds = ("round1", "training", "frozen") if final >= 2 else ("round1", "frozen")
     splits, arrays = shadow.splits, shadow.initial_arrays()
     rows = []
     for cid in range(config.partition.num_clients):
@@ -93,30 +93,31 @@ def measure(config_name: str | None, sets: list[str], repeats: int) -> dict[str,
                                    for _ in range(repeats))
         first = _context(cid)
         round1, parts1 = _fit(shadow, cid, data, arrays, 1, first)
+        # The shadow trains only in round 1 when shadow_final_round is 1: no training round.
         training = [_fit(shadow, cid, data, arrays, 2, _context(cid, _copy_state(first)))
-                    for _ in range(repeats)]
+                    for _ in range(repeats)] if final >= 2 else []
         frozen = [_fit(shadow, cid, data, arrays, final + 1, _context(cid, _copy_state(first)))
                   for _ in range(repeats)]
         row = {"client": cid, "images": len(indices), "fedavg_s": fedavg,
                "round1_s": round1, "round1_parts_s": parts1,
-               "training_s": statistics.median(t for t, _ in training),
-               "training_parts_s": {k: statistics.median(p[k] for _, p in training)
-                                    for k in PARTS},
                "frozen_s": statistics.median(t for t, _ in frozen)}
-        for kind in ("round1", "training", "frozen"):
+        if training:
+            row["training_s"] = statistics.median(t for t, _ in training)
+            row["training_parts_s"] = {k: statistics.median(p[k] for _, p in training)
+                                       for k in PARTS}
+        for kind in kinds:
             row[f"{kind}_ratio"] = row[f"{kind}_s"] / fedavg
         rows.append(row)
-        print(f"client {cid} ({len(indices)} images): FedAvg {fedavg:.3f} s, round 1 "
-              f"{round1:.2f} s ({row['round1_ratio']:.0f}x), training {row['training_s']:.2f} s "
-              f"({row['training_ratio']:.1f}x), frozen {row['frozen_s']:.3f} s "
-              f"({row['frozen_ratio']:.2f}x)", flush=True)
-    total = {kind: sum(r[f"{kind}_s"] for r in rows) for kind in
-             ("fedavg", "round1", "training", "frozen")}
+        print(f"client {cid} ({len(indices)} images): FedAvg {fedavg:.3f} s, " + ", ".join(
+            f"{kind} {row[f'{kind}_s']:.3f} s ({row[f'{kind}_ratio']:.2f}x)" for kind in kinds),
+            flush=True)
+    total = {kind: sum(r[f"{kind}_s"] for r in rows) for kind in ("fedavg", *kinds)}
     return {
         "clients": rows, "total_s": total,
-        "ratio": {k: total[k] / total["fedavg"] for k in ("round1", "training", "frozen")},
+        "ratio": {k: total[k] / total["fedavg"] for k in kinds},
         "round1_parts_s": {k: sum(r["round1_parts_s"][k] for r in rows) for k in PARTS},
-        "training_parts_s": {k: sum(r["training_parts_s"][k] for r in rows) for k in PARTS},
+        "training_parts_s": ({k: sum(r["training_parts_s"][k] for r in rows) for k in PARTS}
+                             if final >= 2 else None),
     }
 
 
