@@ -49,6 +49,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+# First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
+from fl_shadow.threads import set_torch_threads  # isort: skip
+
 import numpy as np
 import torch
 from skimage import data as skdata
@@ -235,7 +238,7 @@ def main() -> None:
                         help="also time compile: true (restarts one after the other)")
     parser.add_argument("--out", type=Path, default=RESULTS / "attack_speed_cpu.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     skipped = "--no-breaching was given" if args.no_breaching else breaching_available()
     methods = (["sequential", "batched"] + (["compiled"] if args.compiled else [])
                + ([] if skipped else ["breaching"]))

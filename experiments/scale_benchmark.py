@@ -39,9 +39,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fl_shadow.threads import child_env
+
 RESULTS = Path(__file__).resolve().parent / "results"
+# The runs' processes inherit the wait policy and thread count (fl_shadow.threads).
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
-         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", **child_env()}
 ROUND_LINE = re.compile(r"\[ROUND (\d+)\]")
 OURS = re.compile(r"flwr|flower|ray|fl-shadow|fl_shadow|superlink|supernode", re.IGNORECASE)
 
