@@ -198,7 +198,7 @@ class BatchNormRecorder:
 
     def averaged(self, reference: BatchNormReference) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer ``(mean, var)`` averaged over the recorded steps with the reference's
-        weights.
+        weights: ``(C,)`` each, or ``(R, C)`` for a batched replay of ``R`` candidate sets.
 
         Raises:
             ValueError: a layer was called a different number of times than the reference
@@ -211,14 +211,37 @@ class BatchNormRecorder:
                                  f"per local step ({len(weights)})")
             means = torch.stack([m for m, _ in calls])
             variances = torch.stack([v for _, v in calls])
-            out.append((weights @ means, weights @ variances))
+            if means.dim() == 2:  # (steps, C)
+                out.append((weights @ means, weights @ variances))
+            else:  # (steps, R, C): each set's own average
+                out.append((torch.einsum("s,src->rc", weights, means),
+                            torch.einsum("s,src->rc", weights, variances)))
+        return out
+
+    def extend(self, statistics: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Append per layer the calls of ``statistics`` (what :meth:`take` returned, e.g.
+        stacked over candidate sets by :func:`torch.func.vmap`)."""
+        for calls, new in zip(self.calls, statistics, strict=True):
+            calls.extend(new)
+
+    def take(self, since: list[int]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Remove and return per layer the calls recorded after ``since`` (the lengths of
+        :attr:`calls` before). Inside a vmapped function this hands the statistics out as
+        its return value, so no batched tensor outlives the vmap."""
+        out = []
+        for calls, start in zip(self.calls, since, strict=True):
+            out.append(calls[start:])
+            del calls[start:]
         return out
 
 
 def bn_prior(statistics: list[tuple[torch.Tensor, torch.Tensor]],
              reference: BatchNormReference, *, first_multiplier: float = 10.0) -> torch.Tensor:
     """``sum_l a_l (||mu_l - mu_l^ref||_2 + ||var_l - var_l^ref||_2)``, ``a_0`` =
-    ``first_multiplier``, the others 1 (scalar tensor >= 0; 0 for a model without BN)."""
+    ``first_multiplier``, the others 1 (scalar tensor >= 0; 0 for a model without BN).
+
+    Statistics are ``(C,)`` per layer, or ``(R, C)`` for ``R`` candidate sets (then ``(R,)``,
+    each set's prior)."""
     if len(statistics) != len(reference.means):
         raise ValueError(f"{len(statistics)} recorded layers, reference has "
                          f"{len(reference.means)}")
@@ -226,7 +249,8 @@ def bn_prior(statistics: list[tuple[torch.Tensor, torch.Tensor]],
     for i, ((mean, var), ref_mean, ref_var) in enumerate(
             zip(statistics, reference.means, reference.variances, strict=True)):
         scale = first_multiplier if i == 0 else 1.0
-        total = total.to(mean) + scale * ((mean - ref_mean).norm() + (var - ref_var).norm())
+        total = total.to(mean) + scale * ((mean - ref_mean).norm(dim=-1)
+                                          + (var - ref_var).norm(dim=-1))
     return total
 
 

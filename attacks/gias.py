@@ -19,7 +19,10 @@ Readings chosen:
   a vmap over stacked weights (``torch.func``), one forward for the batch.
 * **Restarts.** Stage 1 runs ``restarts`` times and stage 2 once, on the best stage-1 latents
   (the reference fine-tunes every restart's copy and picks afterwards; the stage-1 pick by
-  the same cost is what saves ``restarts - 1`` generator searches on a CPU).
+  the same cost is what saves ``restarts - 1`` generator searches on a CPU). The restarts of
+  stage 1 run as one optimisation over stacked latents by default (``batch_restarts``: one
+  generator forward and one vmapped replay per iteration for all of them; the same
+  trajectories up to float rounding, tested).
 * **Answer.** The best iterate of stage 2 by matching cost, or stage 1's images if stage 2 never
   improved on them.
 * Schedules: step decay x0.1 at 3/8, 5/8, 7/8 of each stage's iterations (the reference's
@@ -85,6 +88,12 @@ class GIASParams:
         cost: ``cosine`` (reference) or ``l2`` (in gradient units).
         label_strategy: label recovery when the threat model withholds labels.
         require_labels: fail with ThreatModelError unless labels are given.
+        batch_restarts: run stage 1's restarts as one optimisation over stacked latents
+            ``(R, K, d)`` (:meth:`attacks.replay.UpdateReplay.batched`: per-restart parameters
+            and BatchNorm statistics under ``torch.func.vmap``) instead of one after the
+            other; Adam is elementwise and the schedule shared, so each restart follows its
+            own trajectory. Off, or with an adaptive attacker's defense model, one after the
+            other.
         progress: report progress.
     """
 
@@ -97,6 +106,7 @@ class GIASParams:
     cost: GenerativeCost = "cosine"
     label_strategy: LabelStrategy = "auto"
     require_labels: Bool = False
+    batch_restarts: Bool = True
     progress: Bool = True
 
 
@@ -132,11 +142,17 @@ class GIAS(MatchingAttack):
 
         best_z, best_images, stage1 = None, None, math.inf
         restart_costs = []
-        for restart in range(p.restarts):
-            z0 = torch.randn(problem.num_images, latent_dim(generator),
-                             generator=rng).to(problem.device)
-            z, images, cost = self._latent_search(
-                problem, generator, z0, units, desc=f"GIAS latents {restart + 1}/{p.restarts}")
+        # All starts drawn first, in restart order (the searches draw nothing).
+        starts = [torch.randn(problem.num_images, latent_dim(generator),
+                              generator=rng).to(problem.device) for _ in range(p.restarts)]
+        if p.batch_restarts and p.restarts > 1 and problem.replay.defense is None:
+            searched = self._latent_search_batched(problem, generator, torch.stack(starts),
+                                                   units, desc=f"GIAS latents x{p.restarts}")
+        else:
+            searched = [self._latent_search(problem, generator, z0, units,
+                                            desc=f"GIAS latents {r + 1}/{p.restarts}")
+                        for r, z0 in enumerate(starts)]
+        for restart, (z, images, cost) in enumerate(searched):
             restart_costs.append(cost)
             logger.info("gias restart %d/%d: latent matching cost %.5f", restart + 1,
                         p.restarts, cost)
@@ -185,6 +201,67 @@ class GIAS(MatchingAttack):
             with torch.no_grad():
                 images = decode(generator, best_z, problem)
         return best_z, images, cost
+
+    def _latent_search_batched(self, problem: MatchingProblem, generator: nn.Module,
+                               z0: torch.Tensor, units: float, *, desc: str
+                               ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """:meth:`_latent_search` for ``R`` starts ``z0`` ``(R, K, d)`` at once; one result per
+        start. A start whose cost turns non-finite keeps its best so far and stops moving
+        (as :meth:`_descend` stops there) while the others go on."""
+        p = self.params
+        assert problem.labels is not None
+        sets, k = z0.shape[:2]
+        labels = problem.labels.expand(sets, *problem.labels.shape)
+        z = z0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=p.latent_lr)
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, lr_milestones(p.latent_iterations), gamma=0.1)
+
+        def objective(trial: list[torch.Tensor], images: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+            cost = matching_cost(p.cost, trial, problem.target, units)
+            return (cost + p.tv_weight * total_variation(images) if p.tv_weight else cost), cost
+
+        per_start = vmap(objective)
+        best = [math.inf] * sets
+        best_z: list[torch.Tensor | None] = [None] * sets
+        best_images: list[torch.Tensor | None] = [None] * sets
+        live = torch.ones(sets, dtype=torch.bool, device=z.device)
+        progress = Progress(p.latent_iterations, desc, logger, enabled=p.progress)
+        for _ in progress:
+            flat = decode(generator, z.reshape(sets * k, -1), problem)
+            images = flat.reshape(sets, k, *flat.shape[1:])
+            objectives, costs = per_start(problem.replay.batched(images, labels,
+                                                                 create_graph=True), images)
+            for r, value in enumerate(costs.detach().tolist()):
+                if not bool(live[r]):
+                    continue
+                if not math.isfinite(value):
+                    logger.warning("gias: %s restart %d objective became %s; keeping the best "
+                                   "so far", desc, r + 1, value)
+                    live[r] = False
+                elif value < best[r]:
+                    best[r] = value
+                    best_images[r] = images[r].detach().clone()
+                    best_z[r] = z[r].detach().clone()
+            if not bool(live.any()):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            torch.where(live, objectives, torch.zeros_like(objectives)).sum().backward()
+            assert z.grad is not None
+            z.grad[~live] = 0  # its result is its best so far; keep non-finite out of Adam
+            optimizer.step()
+            schedule.step()
+            progress.report(cost=min(best))
+        out = []
+        for r in range(sets):
+            code = best_z[r] if best_z[r] is not None else z0[r].clone()
+            found = best_images[r]
+            if found is None:
+                with torch.no_grad():
+                    found = decode(generator, code, problem)
+            out.append((code, found, best[r]))
+        return out
 
     def _generator_search(self, problem: MatchingProblem, generator: nn.Module,
                           z: torch.Tensor, units: float) -> tuple[torch.Tensor, float]:

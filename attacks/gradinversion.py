@@ -83,6 +83,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from scipy.optimize import linear_sum_assignment
+from torch.func import vmap
 
 from attacks.base import Observation, Prior, Reconstruction, ThreatModelNeeds, register_attack
 from attacks.bn_prior import (
@@ -143,6 +144,11 @@ class GradInversionParams:
         label_strategy: label recovery when the observation withholds labels, see the
             module docstring.
         require_labels: fail with ThreatModelError unless the threat model gives the labels.
+        batch_seeds: optimise a group's seeds (``group_size`` > 1) as one stacked tensor, one
+            vmapped replay per iteration (:meth:`attacks.replay.UpdateReplay.batched`, with
+            each seed's BatchNorm statistics), instead of one seed after the other; the same
+            trajectories up to float rounding (tested). Off, or with an adaptive attacker's
+            defense model, one after the other.
         progress: a progress bar per restart on a terminal, else a log line every tenth.
     """
 
@@ -169,6 +175,7 @@ class GradInversionParams:
     init: ImageInit = "randn"
     label_strategy: LabelStrategy = "auto"
     require_labels: Bool = False
+    batch_seeds: Bool = True
     progress: Bool = True
 
 
@@ -298,8 +305,11 @@ class GradInversion(MatchingAttack):
                   desc: str) -> list[torch.Tensor]:
         """One restart: ``group_size`` seeds side by side; returns the candidates."""
         p = self.params
-        seeds = [x.clone().requires_grad_(True)
-                 for x in problem.init_images(p.init, generator, num=p.group_size)]
+        starts = problem.init_images(p.init, generator, num=p.group_size)
+        if p.batch_seeds and p.group_size > 1 and problem.replay.defense is None:
+            return self._optimise_batched(problem, objective, labels, generator, starts,
+                                          desc=desc)
+        seeds = [x.clone().requires_grad_(True) for x in starts]
         optimizer = torch.optim.Adam(seeds, lr=p.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         group = (SeedGroup(labels, problem.replay.slots, p.registration_shift)
@@ -337,6 +347,51 @@ class GradInversion(MatchingAttack):
             group.refresh(candidates)
             assert group.consensus is not None  # refresh builds it
             candidates.append(group.consensus)
+        return candidates
+
+    def _optimise_batched(self, problem: MatchingProblem, objective: _Objective,
+                          labels: torch.Tensor, generator: torch.Generator,
+                          starts: torch.Tensor, *, desc: str) -> list[torch.Tensor]:
+        """:meth:`_optimise` with the seeds stacked ``(G, K, C, H, W)``: one vmapped replay per
+        iteration for all of them (each seed its own parameters and BatchNorm statistics).
+        Adam, the signed gradient, the box and the schedule are elementwise or shared, and the
+        Langevin noise is drawn seed by seed in the same order, so each seed follows the
+        trajectory it follows in :meth:`_optimise` up to float rounding."""
+        p = self.params
+        x = starts.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=p.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        group = SeedGroup(labels, problem.replay.slots, p.registration_shift)
+        group_from = int(p.group_start * p.iterations)
+        progress = Progress(p.iterations, desc, logger, enabled=p.progress)
+        for it in progress:
+            if it >= group_from and (it - group_from) % p.group_every == 0:
+                group.refresh(list(x.detach().unbind(0)))
+            losses, costs = objective.batched(x, labels)
+            if group.consensus is not None and p.group_weight:
+                losses = losses + p.group_weight * torch.stack(
+                    [group.distance(x[g], g) for g in range(len(x))])
+            if not bool(torch.isfinite(losses).all()):
+                logger.warning("gradinversion: objective became %s; stopping this restart",
+                               float(losses[~torch.isfinite(losses)][0]))
+                return list(x.detach().unbind(0))
+            (grad,) = torch.autograd.grad(losses.sum(), x)
+            x.grad = grad.sign() if p.signed else grad
+            optimizer.step()
+            lr_now = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            with torch.no_grad():
+                for seed in x:
+                    if p.langevin_noise:
+                        noise = torch.randn(seed.shape, generator=generator).to(seed.device)
+                        seed.add_(p.langevin_noise * lr_now * noise)
+                    if p.boxed:
+                        problem.clamp_(seed)
+            progress.report(cost=costs.detach().min())
+        candidates = list(x.detach().unbind(0))
+        group.refresh(candidates)
+        assert group.consensus is not None  # refresh builds it
+        candidates.append(group.consensus)
         return candidates
 
     def _lr_factor(self, it: int) -> float:
@@ -379,6 +434,31 @@ class _Objective:
             loss = loss + p.tv_weight * total_variation(x)
         if p.l2_weight:
             loss = loss + p.l2_weight * x.norm()
+        return loss, cost
+
+    def batched(self, x: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(objectives, matching costs)``, ``(G,)`` each, of ``G`` candidate sets ``x``
+        ``(G, K, C, H, W)`` with the same ``labels`` ``(K,)``: :meth:`__call__` of each set,
+        in one vmapped replay."""
+        p, problem = self.params, self.problem
+        sets = labels.expand(len(x), *labels.shape)
+        with self.recorder.recording():
+            trial = problem.replay.batched(x, sets, create_graph=True,
+                                           recorder=self.recorder if self.reference else None)
+        if p.cost == "cosine":
+            cost = vmap(lambda t: cosine_cost(t, problem.target))(trial)
+        else:
+            cost = vmap(lambda t: l2_cost(t, problem.target))(trial) * self.scale
+        loss = p.grad_weight * cost
+        if self.reference is not None:
+            loss = loss + p.bn_weight * bn_prior(self.recorder.averaged(self.reference),
+                                                 self.reference,
+                                                 first_multiplier=p.first_bn_multiplier)
+        if p.tv_weight:
+            loss = loss + p.tv_weight * vmap(total_variation)(x)
+        if p.l2_weight:
+            loss = loss + p.l2_weight * x.flatten(1).norm(dim=1)
         return loss, cost
 
     def score(self, x: torch.Tensor, labels: torch.Tensor) -> float:

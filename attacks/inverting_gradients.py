@@ -243,16 +243,23 @@ class InvertingGradients(MatchingAttack):
             return cosine_cost(trial, target, weights)
         return l2_cost(trial, target, weights)
 
+    def _start(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.optim.Adam,
+                                                 torch.optim.lr_scheduler.MultiStepLR]:
+        """The candidate (a copy of ``x0`` with a gradient), its Adam and the step schedule
+        (:func:`lr_milestones`: the rate divided by 10 three times) or none."""
+        p = self.params
+        x = x0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=p.lr)
+        milestones = lr_milestones(p.iterations) if p.lr_schedule == "multistep" else []
+        return x, optimizer, torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=milestones, gamma=0.1)
+
     def _optimise(self, x0: torch.Tensor, labels: torch.Tensor, problem: MatchingProblem,
                   weights: torch.Tensor, *, desc: str,
                   compiled: Callable[..., Any] | None = None) -> torch.Tensor:
         p = self.params
         replay, target = problem.replay, problem.target
-        x = x0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=p.lr)
-        milestones = lr_milestones(p.iterations) if p.lr_schedule == "multistep" else []
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones,
-                                                         gamma=0.1)
+        x, optimizer, scheduler = self._start(x0)
         progress = Progress(p.iterations, desc, logger, enabled=p.progress)
         for _ in progress:
             if compiled is not None:
@@ -320,11 +327,7 @@ class InvertingGradients(MatchingAttack):
         """
         p = self.params
         replay, target = problem.replay, problem.target
-        x = x0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=p.lr)
-        milestones = lr_milestones(p.iterations) if p.lr_schedule == "multistep" else []
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones,
-                                                         gamma=0.1)
+        x, optimizer, scheduler = self._start(x0)
 
         def objective(trial: list[torch.Tensor], images: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ from torch.func import functional_call, grad, replace_all_batch_norm_modules_, v
 from fl_shadow.training import LocalTraining, proximal_term
 
 if TYPE_CHECKING:
+    from attacks.bn_prior import BatchNormRecorder
     from fl_shadow.defenses.base import DefenseModel
 
 # PyTorch's Adam defaults (the client builds torch.optim.Adam with them).
@@ -148,7 +149,8 @@ class UpdateReplay:
         return self._replay(x, labels, create_graph=create_graph, sets=None)
 
     def batched(self, x: torch.Tensor, labels: torch.Tensor, *,
-                create_graph: bool = True) -> list[torch.Tensor]:
+                create_graph: bool = True, recorder: BatchNormRecorder | None = None
+                ) -> list[torch.Tensor]:
         """The simulated updates of ``R`` independent candidate sets in one pass.
 
         What an attack's restarts (or seeds) need at every iteration, as one computation
@@ -163,6 +165,10 @@ class UpdateReplay:
             x: ``(R, K, C, H, W)`` candidate sets in normalized space.
             labels: ``(R, K)`` class indices or ``(R, K, num_classes)`` probabilities.
             create_graph: as in :meth:`__call__`.
+            recorder: a :class:`~attacks.bn_prior.BatchNormRecorder` of :attr:`model`,
+                recording (inside its ``recording()`` block): each step's BatchNorm input
+                statistics of every set, ``(R, C)`` per layer and step (forward hooks see one
+                set at a time under vmap; the statistics leave the vmap as its output).
 
         Returns:
             per parameter ``(R, *shape)``: the sets' ``theta_T - theta_0``.
@@ -180,10 +186,12 @@ class UpdateReplay:
         if tuple(labels.shape[:2]) != tuple(x.shape[:2]):
             raise ValueError(f"expected labels of shape ({x.shape[0]}, {self.num_images}[, "
                              f"classes]), got {tuple(labels.shape)}")
-        return self._replay(x, labels, create_graph=create_graph, sets=x.shape[0])
+        return self._replay(x, labels, create_graph=create_graph, sets=x.shape[0],
+                            recorder=recorder)
 
     def _replay(self, x: torch.Tensor, labels: torch.Tensor, *, create_graph: bool,
-                sets: int | None) -> list[torch.Tensor]:
+                sets: int | None, recorder: BatchNormRecorder | None = None
+                ) -> list[torch.Tensor]:
         """The local training on one candidate set (``sets`` None) or on ``sets`` stacked
         ones (leading dim; parameters and buffers stacked alike, the model vmapped)."""
         defense = self.defense
@@ -199,8 +207,29 @@ class UpdateReplay:
                       batch: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(functional_call(self.model, {**p, **c}, (batch,)), y)
 
+        def step_loss_and_statistics(p: dict[str, torch.Tensor], c: dict[str, torch.Tensor],
+                                     batch: torch.Tensor, y: torch.Tensor
+                                     ) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor,
+                                                                              torch.Tensor]]]]:
+            assert recorder is not None
+            since = [len(calls) for calls in recorder.calls]
+            loss = step_loss(p, c, batch, y)
+            return loss, recorder.take(since)
+
         # One loss per set, summed: set r's parameters get set r's gradient only.
-        losses = step_loss if sets is None else vmap(step_loss)
+        if sets is None:
+            losses = step_loss
+        elif recorder is None:
+            losses = vmap(step_loss)
+        else:
+            recording = vmap(step_loss_and_statistics)
+
+            def losses(p: dict[str, torch.Tensor], c: dict[str, torch.Tensor],
+                       batch: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                assert recorder is not None
+                per_set, statistics = recording(p, c, batch, y)
+                recorder.extend(statistics)
+                return per_set
         state: dict[str, list[torch.Tensor]] = {}
         was_training = self.model.training
         self.model.train()

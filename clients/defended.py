@@ -119,6 +119,7 @@ class DefendedClient(NumPyClient):
                               client_id=self.client_id, device=self.device,
                               generator=torch.Generator().manual_seed(seed),
                               mean=self.data.mean, std=self.data.std,
+                              num_classes=self.data.num_classes,
                               public_generator=self.public_generator)
 
     def get_parameters(self, config: Mapping[str, object]) -> list[np.ndarray]:

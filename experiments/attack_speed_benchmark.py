@@ -52,29 +52,19 @@ from typing import Any
 # First, before anything loads torch: OMP_WAIT_POLICY=PASSIVE (fl_shadow.threads).
 from fl_shadow.threads import set_torch_threads  # isort: skip
 
-import numpy as np
 import torch
-from skimage import data as skdata
-from skimage.transform import resize
 
 from attacks import Observation, Prior, build_attack
 from attacks.objectives import total_variation
+from fl_shadow.defenses import Defense
 from fl_shadow.models import ConvNet
+from fl_shadow.sample_images import sample_images
 from fl_shadow.training import LocalTraining, train_locally
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE, CLASSES, WIDTH, CHANNELS = 32, 6, 32, 1
 MEAN, STD = (0.5,), (0.25,)
-SAMPLES = ("camera", "moon", "coins", "text", "astronaut", "coffee", "chelsea", "rocket")
 CLIENT_LR = 0.05
-
-
-class _NoDefense:
-    def perturb_batch(self, x, y, model, ctx):
-        return x
-
-    def protect_gradient(self, grads, model, x, y, ctx):
-        return grads
 
 
 def factory() -> ConvNet:
@@ -83,18 +73,7 @@ def factory() -> ConvNet:
 
 def true_images(count: int) -> torch.Tensor:
     """``(count, 1, SIZE, SIZE)`` in [0, 1]: central squares of scikit-image samples."""
-    out = []
-    for name in SAMPLES[:count]:
-        image = getattr(skdata, name)().astype(np.float64)
-        if image.ndim == 3:
-            image = image[..., :3].mean(-1)
-        side = min(image.shape)
-        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        image = image[top:top + side, left:left + side]
-        image = (image - image.min()) / (image.max() - image.min())
-        out.append(torch.tensor(resize(image, (SIZE, SIZE), anti_aliasing=True),
-                                dtype=torch.float32).view(1, 1, SIZE, SIZE))
-    return torch.cat(out)
+    return sample_images(count, SIZE)
 
 
 def observe(truth: torch.Tensor, seed: int = 0) -> tuple[Observation, Prior]:
@@ -105,7 +84,7 @@ def observe(truth: torch.Tensor, seed: int = 0) -> tuple[Observation, Prior]:
     labels = torch.arange(len(truth)) % CLASSES
     plan = LocalTraining(lr=CLIENT_LR, batch_size=len(truth), local_steps=1)
     x = (truth - MEAN[0]) / STD[0]
-    train_locally(model, x, labels, plan, defense=_NoDefense(), ctx=SimpleNamespace(step=0),
+    train_locally(model, x, labels, plan, defense=Defense(), ctx=SimpleNamespace(step=0),
                   generator=torch.Generator().manual_seed(seed))
     observation = Observation(global_state=global_state, client_state=model.state_dict(),
                               num_examples=len(truth), training=plan, num_images=len(truth),

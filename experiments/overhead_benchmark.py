@@ -9,9 +9,15 @@ no attack, ``--rounds`` rounds) runs, interleaved ``--repeats`` times:
   SuperLink, one SuperNode per hospital, Ray actors), as a user runs it.
 
 Both write the same results folder; the benchmark checks that their final accuracy agrees
-(same config and seed) and reports the wall times, their ratio, and, from the ``flwr run``
-log, how long it took until the first round began (start-up: SuperLink, Ray, actors) against
-the rounds themselves.
+(same config and seed) and reports the wall times and their ratio, broken down:
+
+* ``flwr run``, from its log: **start-up** until ``[ROUND 1]`` (SuperLink, SuperNodes, Ray,
+  the ServerApp building the federation), the **rounds** from ``[ROUND 1]`` to ``[SUMMARY]``,
+  and the **shutdown** after;
+* in-process: the federation build, then the rounds;
+* both: the clients' own compute, the sum of ``fit_seconds`` over ``fit.jsonl`` (each
+  client's ``fit``, timed inside the client), so ``rounds - client compute`` is what the
+  engine spends around the clients (messages, serialisation, scheduling, evaluation).
 
     python experiments/overhead_benchmark.py [--clients 20] [--rounds 3] [--repeats 2]
 """
@@ -41,7 +47,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # (os.environ carries OMP_WAIT_POLICY: importing fl_shadow set it unless it was set.)
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
          "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-ROUND_LINE = re.compile(r"\[ROUND 1\]")
+ROUND_LINE = re.compile(r"\[ROUND (\d+)\]")
+SUMMARY_LINE = re.compile(r"\[SUMMARY\]")
 
 
 def overrides(clients: int, rounds: int) -> list[str]:
@@ -56,32 +63,54 @@ def final_accuracy(run_dir: Path) -> float:
     return float(max(rows, key=lambda r: r["round"])["accuracy"])
 
 
+def client_seconds(run_dir: Path) -> float:
+    """The clients' own compute: ``fit_seconds`` summed over every update of the run."""
+    return float(sum(r.get("fit_seconds", 0.0) for r in read_jsonl(run_dir / "fit.jsonl")))
+
+
 def in_process(sets: list[str], run_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     federation = build_federation(load_config(None, sets))
+    built = time.perf_counter()
     run_in_process(federation, run_dir)
-    return {"seconds": time.perf_counter() - start, "accuracy": final_accuracy(run_dir)}
+    end = time.perf_counter()
+    return {"seconds": end - start, "build": built - start, "rounds": end - built,
+            "client_compute": client_seconds(run_dir), "accuracy": final_accuracy(run_dir)}
 
 
 def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
     command = [str(Path(sys.executable).parent / "fl-shadow"), "run", "--run-dir",
                str(run_dir), *[a for s in sets for a in ("--set", s)]]
     start = time.perf_counter()
-    first_round = None
+    round_starts: dict[int, float] = {}
+    summary = None
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, **QUIET}) as proc:
         assert proc.stdout is not None
         log = []
         for line in proc.stdout:
             log.append(line)
-            if first_round is None and ROUND_LINE.search(line):
-                first_round = time.perf_counter() - start
+            now = time.perf_counter() - start
+            found = ROUND_LINE.search(line)
+            if found and int(found.group(1)) not in round_starts:
+                round_starts[int(found.group(1))] = now
+            if summary is None and SUMMARY_LINE.search(line):
+                summary = now
         code = proc.wait()
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit("fl-shadow run failed:\n" + "".join(log[-30:]))
-    return {"seconds": seconds, "until_round_1": first_round,
-            "accuracy": final_accuracy(run_dir)}
+    first = round_starts.get(1)
+    return {"seconds": seconds, "until_round_1": first,
+            "rounds": (summary - first) if first is not None and summary is not None else None,
+            "shutdown": (seconds - summary) if summary is not None else None,
+            "round_starts": [round_starts[k] for k in sorted(round_starts)],
+            "client_compute": client_seconds(run_dir), "accuracy": final_accuracy(run_dir)}
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +131,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} #{i + 1}: {run['seconds']:.1f} s", flush=True)
     median = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
     starts = [r["until_round_1"] for r in runs["flwr run"] if r["until_round_1"] is not None]
+    parts = {name: {key: median_of(v, key) for key in
+                    ("seconds", "until_round_1", "build", "rounds", "shutdown", "client_compute")
+                    if any(key in r for r in v)} for name, v in runs.items()}
+    flwr_rounds, inproc_rounds = parts["flwr run"].get("rounds"), parts["in-process"]["rounds"]
     result = {
         "config": "default.yaml", "overrides": sets, "repeats": args.repeats,
         "torch_threads": threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "runs": runs, "median_seconds": median,
         "ratio_flwr_over_inprocess": median["flwr run"] / median["in-process"],
         "flwr_until_round_1_median": statistics.median(starts) if starts else None,
+        "breakdown_median_seconds": parts,
+        # the rounds alone (start-up and shutdown left out): the engine's cost per round
+        "ratio_rounds_flwr_over_inprocess": (flwr_rounds / inproc_rounds
+                                             if flwr_rounds and inproc_rounds else None),
         "same_accuracy": len({round(r["accuracy"], 6) for v in runs.values() for r in v}) == 1,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

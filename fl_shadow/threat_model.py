@@ -38,6 +38,9 @@ class DefenseKnowledge:
         num_rounds: the run's total rounds.
         mean, std: the input normalization (public, the dataset's): input-space noise set
             in [0, 1] image units is ``std`` times smaller in the normalized inputs.
+        num_examples: the number of local examples the client reported with its update
+            (FedAvg's weight, sent in the clear; 0 when unknown): defenses whose strength
+            depends on the hospital's size schedule on it.
     """
 
     name: str
@@ -46,6 +49,7 @@ class DefenseKnowledge:
     num_rounds: int = 1
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    num_examples: int = 0
 
 
 @dataclass(frozen=True)

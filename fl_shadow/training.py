@@ -133,7 +133,7 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator) -> LocalResult:
     """Run one round of local training through the defense's hooks.
 
-    The loss is cross-entropy on the batch the defense returns, plus FedProx's proximal term
+    The loss is cross-entropy on the batch and targets the defense returns, plus FedProx's proximal term
     around the round's starting weights when ``plan.proximal_mu`` is set (the reported
     ``mean_loss`` is the cross-entropy alone).
 
@@ -142,8 +142,8 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         images: ``(N, C, H, W)`` normalized local images, on the model's device.
         labels: ``(N,)`` labels.
         plan: the round's local-training plan.
-        defense: its ``perturb_batch`` sees each clean batch and returns the inputs to train
-            on; its ``protect_gradient`` sees each step's gradient before the optimizer does.
+        defense: its ``perturb_examples`` sees each clean batch and returns the inputs and
+            targets to train on; its ``protect_gradient`` sees each step's gradient before the optimizer does.
         ctx: round/client context handed to the defense; ``ctx.step`` is updated per step.
         generator: the client's private randomness (batch order).
     """
@@ -156,7 +156,7 @@ def train_locally(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     for step, idx in enumerate(batches):
         ctx.step, ctx.batch_index = step, idx
         x, y = images[idx.to(images.device)], labels[idx.to(labels.device)]
-        x = defense.perturb_batch(x, y, model, ctx)
+        x, y = defense.perturb_examples(x, y, model, ctx)
         model.train()
         loss = F.cross_entropy(model(x), y)
         objective = loss + proximal_term(params, anchor, plan.proximal_mu) if anchor else loss

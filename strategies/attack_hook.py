@@ -89,14 +89,15 @@ class AttackHook:
         label_lookup: maps global train indices to labels; used only when the threat model
             gives labels to the attacker (``attack.labels: given``).
         defense_knowledge: the clients' defense as an adaptive attacker knows it, for a round
-            (None: the attacker is not adaptive).
+            and the client's reported number of examples (None: the attacker is not
+            adaptive).
         device: where the attack runs.
     """
 
     def __init__(self, attack: Attack, prior: Prior, *, selection: AttackConfig,
                  num_rounds: int, plan_for: Callable[[int], LocalTraining],
                  state_keys: Sequence[str], label_lookup: torch.Tensor | None,
-                 defense_knowledge: Callable[[int], DefenseKnowledge] | None,
+                 defense_knowledge: Callable[[int, int], DefenseKnowledge] | None,
                  device: torch.device) -> None:
         self.attack = attack
         self.prior = prior
@@ -162,7 +163,7 @@ class AttackHook:
             num_images=plan.num_distinct_images(update.num_examples),
             labels=labels,
             server_round=server_round,
-            defense=(self.defense_knowledge(server_round)
+            defense=(self.defense_knowledge(server_round, update.num_examples)
                      if self.defense_knowledge is not None else None),
         )
         return observation, audit

@@ -11,44 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
 import torch
-from skimage import data as skdata
-from skimage.transform import resize
 
 from attacks import Observation, Prior
-from fl_shadow.defenses.base import DefenseContext
+from fl_shadow.defenses.base import Defense, DefenseContext
 from fl_shadow.models import ConvNet
+from fl_shadow.sample_images import sample_images
 from fl_shadow.scoring import score_reconstruction
 from fl_shadow.training import LocalTraining, train_locally
 
 SIZE, CLASSES = 16, 4
 MEAN, STD = (0.5,), (0.25,)
-SAMPLES = ("camera", "moon", "coins", "text")
-
-
-class NoDefense:
-    """The two hooks ``train_locally`` calls, as identities."""
-
-    def perturb_batch(self, x, y, model, ctx):
-        return x
-
-    def protect_gradient(self, grads, model, x, y, ctx):
-        return grads
-
-
-def sample_images(count: int) -> torch.Tensor:
-    """``(count, 1, SIZE, SIZE)`` in [0, 1]: central squares of scikit-image samples."""
-    out = []
-    for name in SAMPLES[:count]:
-        image = getattr(skdata, name)().astype(np.float64)
-        side = min(image.shape)
-        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        image = image[top:top + side, left:left + side]
-        image = (image - image.min()) / (image.max() - image.min())
-        out.append(torch.tensor(resize(image, (SIZE, SIZE), anti_aliasing=True),
-                                dtype=torch.float32).view(1, 1, SIZE, SIZE))
-    return torch.cat(out)
 
 
 @dataclass(frozen=True)
@@ -78,7 +51,7 @@ def client_update(labels: list[int], plan: LocalTraining, *, norm: str = "batch"
     :class:`~fl_shadow.defenses.base.Defense`) runs around the local training and on the
     update, as in :class:`clients.defended.DefendedClient`.
     """
-    images = sample_images(len(labels)) if images is None else images
+    images = sample_images(len(labels), SIZE) if images is None else images
 
     def factory() -> ConvNet:
         model = ConvNet(1, CLASSES, width=width, norm=norm, image_size=SIZE)
@@ -95,7 +68,7 @@ def client_update(labels: list[int], plan: LocalTraining, *, norm: str = "batch"
         server_round=1, num_rounds=1, client_id=0, device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(seed + 1), mean=MEAN, std=STD))
     result = train_locally(model, (images - MEAN[0]) / STD[0], y, plan,
-                           defense=NoDefense() if defense is None else defense, ctx=ctx,
+                           defense=Defense() if defense is None else defense, ctx=ctx,
                            generator=torch.Generator().manual_seed(seed))
     num = len(labels)
     order = torch.tensor([i for batch in result.batches for i in batch])[:num]

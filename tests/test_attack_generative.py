@@ -101,6 +101,19 @@ def test_gias_keeps_the_best_restart_by_its_own_cost(
     assert rec.loss == min(costs)
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_gias_batched_restarts_follow_the_sequential_ones(
+        truth: torch.Tensor, generator: ImageGenerator, n: int) -> None:
+    case = _case(truth, generator, n)
+    runs = {batched: _attack("gias", latent_iterations=15, generator_iterations=0, restarts=3,
+                             batch_restarts=batched).reconstruct(case.observation, case.prior)
+            for batched in (False, True)}
+    for i in range(3):  # each restart's best cost, up to the batched kernels' float order
+        assert runs[True].info[f"restart_{i}_cost"] == pytest.approx(
+            runs[False].info[f"restart_{i}_cost"], rel=1e-3, abs=1e-5)
+    torch.testing.assert_close(runs[True].images, runs[False].images, atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("cls", [GGL, GIAS])
 def test_generative_attacks_need_the_generator(cls: type, truth: torch.Tensor,
                                                generator: ImageGenerator) -> None:

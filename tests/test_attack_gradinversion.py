@@ -179,6 +179,44 @@ def test_group_consistency_runs_and_picks_a_candidate_by_its_own_loss():
     assert rec.loss == rec.info["restart_0_objective"]
 
 
+@pytest.mark.parametrize("plan", [ONE_STEP, LocalTraining(lr=0.01, batch_size=1,
+                                                        local_steps=2)])
+def test_batched_seeds_follow_the_sequential_ones(plan):
+    # 3 seeds with the BN prior, the group term and Langevin noise: one vmapped replay per
+    # iteration gives each seed its trajectory alone, up to float order
+    case = client_update([2, 0], plan)
+    runs = {batched: _attack(iterations=30, group_size=3, group_start=0.5, group_every=5,
+                             batch_seeds=batched).reconstruct(case.observation, case.prior)
+            for batched in (False, True)}
+    assert runs[True].info["best_candidate"] == runs[False].info["best_candidate"]
+    assert runs[True].loss == pytest.approx(runs[False].loss, rel=1e-3)
+    torch.testing.assert_close(runs[True].images, runs[False].images, atol=2e-3, rtol=0)
+
+
+def test_batched_bn_statistics_are_each_sets_own():
+    case = client_update([2, 0, 1, 3], LocalTraining(lr=0.01, batch_size=2, local_steps=2))
+    model, reference = _reference(case)
+    replay = UpdateReplay(model, case.observation.global_state, case.observation.training,
+                          case.observation.num_examples)
+    x = torch.randn(3, 4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([2, 0, 1, 3])
+    recorder = BatchNormRecorder(model)
+    with recorder.recording():
+        replay.batched(x, labels.expand(3, 4), create_graph=False, recorder=recorder)
+    together = recorder.averaged(reference)
+    priors = bn_prior(together, reference)
+    assert priors.shape == (3,)
+    for r in range(3):
+        alone = BatchNormRecorder(model)
+        with alone.recording():
+            replay(x[r], labels, create_graph=False)
+        for (m, v), (m1, v1) in zip(together, alone.averaged(reference), strict=True):
+            torch.testing.assert_close(m[r], m1, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v[r], v1, atol=1e-5, rtol=1e-5)
+        assert float(priors[r].detach()) == pytest.approx(float(bn_prior(alone.averaged(reference),
+                                                                 reference)), rel=1e-5)
+
+
 # --- threat model ----------------------------------------------------------------------------
 def _withheld(case):
     """The observation the hook builds with ``attack.bn_statistics: withheld``."""

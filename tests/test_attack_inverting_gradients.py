@@ -15,19 +15,18 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from skimage import data as skdata
 from skimage.metrics import structural_similarity
-from skimage.transform import resize
 
 from attacks import ATTACKS, InvertingGradientsParams, Observation, Prior, build_attack
 from attacks.inverting_gradients import label_placements, lr_milestones
 from attacks.objectives import cosine_cost
 from attacks.replay import UpdateReplay
 from fl_shadow.errors import ConfigError, ThreatModelError
+from fl_shadow.defenses import Defense
 from fl_shadow.models import ConvNet
+from fl_shadow.sample_images import sample_images
 from fl_shadow.training import LocalTraining, train_locally
 
 SIZE, CLASSES, WIDTH = 16, 4, 16
@@ -36,29 +35,13 @@ CPU = torch.device("cpu")
 ATTACKS_DIR = Path(__file__).resolve().parent.parent / "attacks"
 
 
-class _NoDefense:
-    """The two hooks ``train_locally`` calls, as identities."""
-
-    def perturb_batch(self, x, y, model, ctx):
-        return x
-
-    def protect_gradient(self, grads, model, x, y, ctx):
-        return grads
-
-
 def _factory() -> ConvNet:
     return ConvNet(1, CLASSES, width=WIDTH, image_size=SIZE)
 
 
 def _image(name: str = "camera") -> torch.Tensor:
     """``(1, 1, SIZE, SIZE)`` in [0, 1]: a scikit-image sample's central square, downsampled."""
-    image = getattr(skdata, name)().astype(np.float64)
-    side = min(image.shape)
-    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-    image = image[top:top + side, left:left + side]
-    image = (image - image.min()) / (image.max() - image.min())
-    return torch.tensor(resize(image, (SIZE, SIZE), anti_aliasing=True),
-                        dtype=torch.float32).view(1, 1, SIZE, SIZE)
+    return sample_images(1, SIZE, names=(name,))
 
 
 def _camera() -> torch.Tensor:
@@ -73,7 +56,7 @@ def _observe(images: torch.Tensor, labels: list[int], plan: LocalTraining, *,
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     x = (images - MEAN[0]) / STD[0]
     y = torch.tensor(labels)
-    result = train_locally(model, x, y, plan, defense=_NoDefense(), ctx=SimpleNamespace(step=0),
+    result = train_locally(model, x, y, plan, defense=Defense(), ctx=SimpleNamespace(step=0),
                            generator=torch.Generator().manual_seed(seed))
     order = torch.tensor([i for batch in result.batches for i in batch])
     num = len(labels)

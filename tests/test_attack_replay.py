@@ -9,19 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from attacks.replay import UpdateReplay, simulate_update, step_slots
+from fl_shadow.defenses import Defense
 from fl_shadow.models import ConvNet
 from fl_shadow.training import LocalTraining, train_locally
-
-
-
-class _NoDefense:
-    """The two hooks ``train_locally`` calls, as identities (no dependency on defenses/)."""
-
-    def perturb_batch(self, x, y, model, ctx):
-        return x
-
-    def protect_gradient(self, grads, model, x, y, ctx):
-        return grads
 
 
 SIZE, CLASSES = 16, 5
@@ -39,7 +29,7 @@ def _client_round(plan: LocalTraining, num_examples: int, seed: int = 0):
     x = torch.randn(num_examples, 1, SIZE, SIZE, generator=g)
     y = torch.arange(num_examples) % CLASSES
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train_locally(model, x, y, plan, defense=_NoDefense(), ctx=SimpleNamespace(step=0),
+    result = train_locally(model, x, y, plan, defense=Defense(), ctx=SimpleNamespace(step=0),
                            generator=torch.Generator().manual_seed(seed + 3))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     update = [model.state_dict()[n] - global_state[n] for n in names]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -13,9 +15,10 @@ from clients.defended import LocalData
 from fl_shadow import flower_keys as keys
 from fl_shadow.apps.federation import Federation
 from fl_shadow.config import load_config
-from fl_shadow.defenses import DefenseContext, build_defense
+from fl_shadow.defenses import DefenseContext, build_defense, describe_defense
 from fl_shadow.defenses.base import Defense
 from fl_shadow.defenses.shadow import ShadowDefense, ShadowParams
+from fl_shadow.defenses.shadow.defense import attacker_model
 from fl_shadow.defenses.shadow.fine_tune import ShadowWeights, pseudo_step, shadow_objective
 from fl_shadow.defenses.shadow.noise import (
     cam_alpha,
@@ -391,6 +394,26 @@ def test_the_psnr_budget_grows_like_the_peak_budget_over_rounds() -> None:
                                    shadow_train=False), server_round=3)
     torch.testing.assert_close(unit_psnr(noise), torch.full((6,), 24.0 - 4.343), atol=0.01,
                                rtol=0)
+
+
+def test_per_hospital_strength_follows_the_hospital_size() -> None:
+    # 6 local images: 18 + 2 * log2(6) = 23.17 dB; the attacker's model gets the same target
+    # from the reported number of examples
+    noise, ctx = noised_batch(shadow(budget="psnr", target_psnr_db=18.0, noise_increase=False,
+                                     psnr_per_doubling_db=2.0, sub_cam=False,
+                                     shadow_train=False))
+    expected = 18.0 + 2.0 * math.log2(6)
+    torch.testing.assert_close(unit_psnr(noise), torch.full((6,), expected), atol=0.01, rtol=0)
+    params = ShadowParams(budget="psnr", target_psnr_db=18.0, noise_increase=False,
+                          psnr_per_doubling_db=2.0)
+    knowledge = describe_defense("shadow", dataclasses.asdict(params), server_round=1,
+                                 num_rounds=4, mean=MEAN, std=STD, num_examples=6)
+    model = attacker_model(params, knowledge, [], 0)
+    images, _ = local_data()
+    torch.testing.assert_close(unit_psnr(model.perturb_input(images, 0) - images),
+                               torch.full((6,), expected), atol=0.01, rtol=0)
+    with pytest.raises(ConfigError, match="psnr_per_doubling_db: needs budget: psnr"):
+        build_defense("shadow", {"psnr_per_doubling_db": 1.0})
 
 
 def test_random_signs_make_the_noise_zero_mean_and_keep_its_placement() -> None:

@@ -273,12 +273,13 @@ class Federation:
                      public_images=s.public.images if len(s.public) else None,
                      generator=generator)
 
-    def defense_knowledge(self, server_round: int) -> DefenseKnowledge:
-        """The clients' defense as an adaptive attacker knows it in ``server_round``."""
+    def defense_knowledge(self, server_round: int, num_examples: int = 0) -> DefenseKnowledge:
+        """The clients' defense as an adaptive attacker knows it in ``server_round``, for a
+        client that reported ``num_examples``."""
         d = self.config.defense
         return describe_defense(d.name, d.params, server_round=server_round,
                                 num_rounds=self.config.train.rounds, mean=self.splits.mean,
-                                std=self.splits.std)
+                                std=self.splits.std, num_examples=num_examples)
 
     def attack_hook(self, attack: Attack | None = None) -> AttackHook | None:
         """The curious server's hook around ``attack`` (default: :meth:`attack`)."""

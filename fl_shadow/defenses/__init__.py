@@ -17,6 +17,7 @@ from fl_shadow.defenses import shadow  # noqa: F401  (registers)
 from fl_shadow.defenses import fedkl  # noqa: F401  (registers)
 from fl_shadow.defenses import latent_minimax  # noqa: F401  (registers)
 from fl_shadow.defenses import input_noise  # noqa: F401  (registers)
+from fl_shadow.defenses import mixup  # noqa: F401  (registers)
 from fl_shadow.defenses.base import (
     DEFENSES,
     Defense,

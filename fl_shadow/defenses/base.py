@@ -3,7 +3,8 @@
 One protocol fits the three families:
 
 * input-space defenses (shadow defense, latent perturbation) change what the model trains on:
-  :meth:`Defense.perturb_batch`;
+  :meth:`Defense.perturb_batch` (and MixUp, which also mixes the labels:
+  :meth:`Defense.perturb_examples`);
 * step-level update-space defenses (OUTPOST, Soteria, per-step clipping) change each step's
   gradient: :meth:`Defense.protect_gradient`;
 * round-level update-space defenses (DP, clipping, sparsification, CENSOR) change the update
@@ -26,6 +27,7 @@ lives in the defense's own module, next to what it models.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -58,6 +60,8 @@ class DefenseContext:
             cached checkpoint), for generative defenses; None when the defense has no need
             (:attr:`DefenseSpec.needs_generator`) or in unit tests.
         mean, std: the input normalization (inputs to the hooks are normalized).
+        num_classes: the task's number of labels (0 when the caller does not say; defenses
+            that build soft targets need it).
         metrics: scalars the defense reports for the round (``defense-*`` in ``fit.jsonl``).
     """
 
@@ -71,6 +75,7 @@ class DefenseContext:
     public_generator: Callable[[], ImageGenerator] | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    num_classes: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -95,6 +100,14 @@ class Defense:
                       ctx: DefenseContext) -> torch.Tensor:
         """Return the inputs to train on for the clean normalized batch ``x`` (N, C, H, W)."""
         return x
+
+    def perturb_examples(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module,
+                         ctx: DefenseContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the inputs and the targets to train on: targets are labels ``(N,)`` or class
+        probabilities ``(N, num_classes)`` (cross-entropy takes either). The default is
+        :meth:`perturb_batch`'s inputs with the labels unchanged; a defense that changes the
+        labels too (MixUp) overrides this instead."""
+        return self.perturb_batch(x, y, model, ctx), y
 
     def protect_gradient(self, grads: list[torch.Tensor], model: nn.Module, x: torch.Tensor,
                          y: torch.Tensor, ctx: DefenseContext) -> list[torch.Tensor]:
@@ -142,6 +155,19 @@ def foreground_mask(unit_images: torch.Tensor) -> torch.Tensor:
     empty = mask.flatten(1).sum(1) == 0
     mask[empty] = 1.0
     return mask
+
+
+def hospital_psnr_db(target_psnr_db: float, *, per_doubling_db: float, num_images: int
+                     ) -> float:
+    """A hospital's target PSNR when the strength depends on its size:
+    ``target_psnr_db + per_doubling_db * log2(num_images)``.
+
+    ``target_psnr_db`` is the one-image hospital's. With ``per_doubling_db > 0`` the small
+    hospitals, which leak most (an update of one image is that image's gradient), get the most
+    noise and the large ones, which carry most of FedAvg's weight and so most of the model's
+    utility, the least. ``num_images`` below 1 (unknown) counts as 1.
+    """
+    return target_psnr_db + per_doubling_db * math.log2(max(1, int(num_images)))
 
 
 def load_pretrained_generator(ctx: DefenseContext) -> ImageGenerator:
@@ -283,12 +309,12 @@ def build_defense(name: str, params: Mapping[str, Any] | None) -> Defense:
 
 def describe_defense(name: str, params: Mapping[str, Any] | None, *, server_round: int,
                      num_rounds: int, mean: Sequence[float] = (0.0,),
-                     std: Sequence[float] = (1.0,)) -> DefenseKnowledge:
+                     std: Sequence[float] = (1.0,), num_examples: int = 0) -> DefenseKnowledge:
     """The public description of a configured defense, defaults filled in by its params
     dataclass (validated exactly as the clients validate it); ``mean``/``std`` the input
-    normalization."""
+    normalization; ``num_examples`` the client's reported number of examples."""
     validated = DEFENSES.get(name).parse_params(params)
     return DefenseKnowledge(name=name, params=dataclasses.asdict(validated),
                             server_round=server_round, num_rounds=num_rounds,
                             mean=tuple(float(v) for v in mean),
-                            std=tuple(float(v) for v in std))
+                            std=tuple(float(v) for v in std), num_examples=int(num_examples))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import piq
 import torch
 
 from fl_shadow.metrics._validation import check_pair
+from fl_shadow.structural_similarity import (  # noqa: F401  (SSIM_* re-exported)
+    SSIM_KERNEL_SIGMA,
+    SSIM_KERNEL_SIZE,
+    ssim_kernel_size,
+    structural_similarity,
+)
 
 # MSE is floored here so that identical images give a finite PSNR (100 dB), not +inf.
 MSE_FLOOR = 1e-10
-SSIM_KERNEL_SIZE = 11
-SSIM_KERNEL_SIGMA = 1.5
 
 
 def denormalize(x: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -69,18 +72,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (10.0 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))).float()
 
 
-def ssim_kernel_size(height: int, width: int) -> int:
-    """Gaussian window side used by :func:`ssim`: 11, or the largest odd size that fits.
-
-    Raises:
-        ValueError: an image side is below 3 px (no meaningful window).
-    """
-    side = min(height, width)
-    if side < 3:
-        raise ValueError(f"SSIM needs images of at least 3x3 px, got {height}x{width}")
-    return min(SSIM_KERNEL_SIZE, side if side % 2 == 1 else side - 1)
-
-
 @torch.no_grad()
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Structural similarity of each image pair (Wang et al., 2004), via ``piq.ssim``.
@@ -89,7 +80,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     valid (unpadded) filtering, mean over the SSIM map and then over channels, computed in
     float64. No automatic down-sampling (``downsample=False``), so SSIM means the same at every
     image size. Images smaller than 11 px use the largest odd window that fits
-    (:func:`ssim_kernel_size`), sigma unchanged.
+    (:func:`~fl_shadow.structural_similarity.ssim_kernel_size`), sigma unchanged.
 
     Args:
         x: ``(N, C, H, W)`` images in ``[0, 1]``, ``C`` in {1, 3}, ``H, W >= 3``.
@@ -106,9 +97,4 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         structural similarity. IEEE TIP 13(4), 2004. DOI: 10.1109/TIP.2003.819861
     """
     x, y = check_pair(x, y)
-    kernel_size = ssim_kernel_size(x.shape[-2], x.shape[-1])
-    # float64: in float32 the variance terms (E[x^2] - mu^2) lose ~1e-4 to cancellation.
-    value = piq.ssim(x.double(), y.double(), kernel_size=kernel_size,
-                     kernel_sigma=SSIM_KERNEL_SIGMA, data_range=1.0, reduction="none",
-                     downsample=False, k1=0.01, k2=0.03)
-    return value.float()
+    return structural_similarity(x, y)

@@ -59,6 +59,7 @@ from fl_shadow.defenses.base import (
     DefenseContext,
     DefenseModel,
     foreground_mask,
+    hospital_psnr_db,
     load_pretrained_generator,
     per_channel,
     register_defense,
@@ -125,7 +126,13 @@ class ShadowParams:
         budget: how much noise. ``peak`` (the reference): each image's noise peaks at
             ``w_N * |max x|``. ``psnr`` (beyond the paper): the noised input is
             ``target_psnr_db`` from the clean one, the same distortion on every dataset.
-        target_psnr_db: the ``psnr`` budget's distortion (dB in [0, 1] image units).
+        target_psnr_db: the ``psnr`` budget's distortion (dB in [0, 1] image units); with
+            ``psnr_per_doubling_db``, the one-image hospital's.
+        psnr_per_doubling_db: per-hospital strength (beyond the paper; ``psnr`` budget): a
+            hospital of ``n`` local images trains ``target_psnr_db + psnr_per_doubling_db *
+            log2 n`` dB from its clean images (:func:`~fl_shadow.defenses.base.
+            hospital_psnr_db`): most noise where one update is one patient's image, least
+            where the utility comes from. 0: every hospital at ``target_psnr_db``.
         noise_sign: ``positive`` (the reference: the map only brightens, mostly the
             background) or ``random`` (beyond the paper: each pixel's noise gets a private
             random sign, drawn once per local image, then each image and channel's mean is
@@ -170,6 +177,7 @@ class ShadowParams:
     noise_increase: Bool = True
     budget: Literal["peak", "psnr"] = "peak"
     target_psnr_db: Annotated[Float, Field(gt=0, le=100)] = 21.0
+    psnr_per_doubling_db: Annotated[Float, Field(ge=0, le=20)] = 0.0
     noise_sign: Literal["positive", "random"] = "positive"
     noise_region: Literal["image", "foreground"] = "image"
     placement: Literal["shadow", "shuffled"] = "shadow"
@@ -177,6 +185,9 @@ class ShadowParams:
     progress: Bool = True
 
     def __post_init__(self) -> None:
+        if self.psnr_per_doubling_db and self.budget != "psnr":
+            raise ConfigError("psnr_per_doubling_db: needs budget: psnr (it schedules the "
+                              f"target PSNR), got budget {self.budget!r}")
         if self.min_cam_alpha > self.max_cam_alpha:
             raise ConfigError(f"min_cam_alpha: expected at most max_cam_alpha "
                               f"({self.max_cam_alpha}), got {self.min_cam_alpha!r}")
@@ -195,7 +206,8 @@ class ShadowNoiseModel(DefenseModel):
     Each call draws noise maps with the public shape of an equalized map through
     ``softmax(./T)``: ``exp(-(255/T)(1 - e))``, ``e ~ U[0, 1]`` per pixel, random signs when
     ``noise_sign`` is ``random``, and the public budget: the peak ``w_N * |max x|`` (``w_N``
-    from ``noise_rescale``, the round and ``noise_increase``) or the target PSNR. Where the
+    from ``noise_rescale``, the round and ``noise_increase``) or the target PSNR (per
+    hospital from the reported number of examples under ``psnr_per_doubling_db``). Where the
     noise goes depends on the client's private shadow and Grad-CAM, so positions are random.
     """
 
@@ -206,6 +218,9 @@ class ShadowNoiseModel(DefenseModel):
         self.growth = noise_weight(knowledge.server_round - 1, knowledge.num_rounds, 1.0,
                                    increase=params.noise_increase)
         self.mean, self.std = knowledge.mean, knowledge.std
+        self.target_db = hospital_psnr_db(params.target_psnr_db,
+                                          per_doubling_db=params.psnr_per_doubling_db,
+                                          num_images=knowledge.num_examples)
         self.generator = torch.Generator().manual_seed(seed)
 
     def perturb_input(self, x: torch.Tensor, step: int) -> torch.Tensor:
@@ -220,7 +235,7 @@ class ShadowNoiseModel(DefenseModel):
             bits = torch.randint(0, 2, x.shape, generator=self.generator).to(x.device)
             shape = zero_mean(shape * (2 * bits - 1).to(shape.dtype), mask)
         if p.budget == "psnr":
-            return x + scale_to_psnr(shape, p.target_psnr_db - 20 * math.log10(self.growth),
+            return x + scale_to_psnr(shape, self.target_db - 20 * math.log10(self.growth),
                                      per_channel(self.std, x))
         return x + scale_noise(shape, x, p.noise_rescale * self.growth)
 
@@ -259,6 +274,7 @@ class ShadowDefense(Defense):
         self.foreground: torch.Tensor | None = None   # (N, 1, H, W) (noise_region: foreground)
         self._pending: dict[str, torch.Tensor] = {}
         self._mean = self._std = torch.zeros(0)
+        self._target_db = params.target_psnr_db  # this hospital's (psnr_per_doubling_db)
 
     # -- round setup ------------------------------------------------------------------------
     def setup(self, images: torch.Tensor, labels: torch.Tensor, model: nn.Module,
@@ -268,6 +284,9 @@ class ShadowDefense(Defense):
         device = images.device
         self._mean = torch.tensor(ctx.mean, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(ctx.std, device=device).view(1, -1, 1, 1)
+        self._target_db = hospital_psnr_db(p.target_psnr_db,
+                                           per_doubling_db=p.psnr_per_doubling_db,
+                                           num_images=len(images))
         if self.shadow is None:
             self._build_shadow(self.load_generator(ctx), device)
         assert self.shadow is not None
@@ -325,7 +344,7 @@ class ShadowDefense(Defense):
         p = self.params
         growth = noise_weight(round_index, num_rounds, 1.0, increase=p.noise_increase)
         if p.budget == "psnr":
-            return scale_to_psnr(noise_map, p.target_psnr_db - 20 * math.log10(growth),
+            return scale_to_psnr(noise_map, self._target_db - 20 * math.log10(growth),
                                  self._std)
         return scale_noise(noise_map, x, p.noise_rescale * growth)
 
@@ -496,6 +515,9 @@ class ShadowDefense(Defense):
         p = self.params
         budget = (f"target_psnr_db={p.target_psnr_db:g}" if p.budget == "psnr"
                   else f"w0={p.noise_rescale:g}")
+        if p.budget == "psnr" and p.psnr_per_doubling_db:
+            budget += f" +{p.psnr_per_doubling_db:g} dB per doubling of the hospital"
+
         variants = "".join(f", {k}={v}" for k, v, paper in (
             ("noise_sign", p.noise_sign, "positive"), ("noise_region", p.noise_region, "image"),
             ("placement", p.placement, "shadow")) if v != paper)
