@@ -90,10 +90,13 @@ def compare(out_dir: Path, reference: str, versus: str | None,
         header += [f"Δ PSNR b/c vs {versus}", f"Δ SSIM b/c vs {versus}", f"Δ F1 vs {versus}"]
     header += [f"recognisable h{c}" for c in clients]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    controls = [s for s in settings if versus and s[0] == versus]
     for setting in settings:
         ref = refs[0]
-        control = next((s for s in settings if versus and s[0] == versus
-                        and s[1] == setting[1] and s[2] == setting[2]), None)
+        # the control at the same strength (equal distortion); a control with one setting
+        # is every setting's (e.g. against MixUp, whose strength is in other units)
+        control = next((s for s in controls if s[1] == setting[1] and s[2] == setting[2]),
+                       controls[0] if len(controls) == 1 else None)
         cells = [label(setting),
                  text(mean_ci(worst["psnr_affine"].get(setting, {}).values()), 2)
                  if setting in worst["psnr_affine"] else "—",
@@ -114,7 +117,8 @@ def compare(out_dir: Path, reference: str, versus: str | None,
     seeds = sorted({k.seed for k in records.folders})
     return (f"Sweep `{out_dir}`, seeds {seeds}; worst case over the round-1 images every attack "
             f"saw; mean ± 95% interval over seeds; Δ paired by seed, * = the interval excludes "
-            f"0; the control is `{versus}` at the same strength (target PSNR).\n\n"
+            f"0; the control is `{versus}` at the same strength (target PSNR), or its only "
+            f"setting.\n\n"
             + "\n".join(lines) + "\n")
 
 

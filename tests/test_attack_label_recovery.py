@@ -19,18 +19,9 @@ from attacks.label_recovery import (
     recover_labels_yin,
     remove_weight_decay,
 )
+from fl_shadow.defenses import Defense
 from fl_shadow.models import ConvNet
 from fl_shadow.training import LocalTraining, train_locally
-
-
-class _NoDefense:
-    """The two hooks ``train_locally`` calls, as identities (no dependency on defenses/)."""
-
-    def perturb_batch(self, x, y, model, ctx):
-        return x
-
-    def protect_gradient(self, grads, model, x, y, ctx):
-        return grads
 
 
 SIZE, CLASSES = 16, 10
@@ -44,7 +35,7 @@ def _update(labels: list[int], plan: LocalTraining, seed: int):
     coarse = torch.randn(len(labels), 1, SIZE // 4, SIZE // 4, generator=g)
     x = torch.nn.functional.interpolate(coarse, size=SIZE, mode="bilinear")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_locally(model, x, torch.tensor(labels), plan, defense=_NoDefense(),
+    train_locally(model, x, torch.tensor(labels), plan, defense=Defense(),
                   ctx=SimpleNamespace(step=0), generator=torch.Generator().manual_seed(seed))
     update = [model.state_dict()[n] - before[n] for n, _ in model.named_parameters()]
     return model, update

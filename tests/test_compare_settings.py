@@ -43,3 +43,12 @@ def test_the_worst_case_is_the_reports_and_deltas_pair_by_seed(tmp_path: Path) -
 def test_a_missing_reference_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no setting of the reference defense 'nope'"):
         cs.compare(build_sweep(tmp_path / "sweep"), "nope", None)
+
+
+def test_a_control_with_one_setting_pairs_with_every_strength(tmp_path: Path) -> None:
+    folder = build_sweep(tmp_path / "sweep")
+    against_reference = cs.compare(folder, "fedavg", None, "a1")
+    against_control = cs.compare(folder, "dp", "fedavg", "a1")  # fedavg: one setting
+    for label in ("dp 0.1", "dp 0.5"):
+        # the same paired differences, whether fedavg is the reference or the control
+        assert row_of(against_control, label)[9:12] == row_of(against_reference, label)[6:9]
