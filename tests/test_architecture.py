@@ -180,8 +180,8 @@ def test_a_wheel_install_shows_the_default_config(tmp_path: Path) -> None:
     assert shadow.returncode == 0 and "name: shadow" in shadow.stdout, shadow.stderr
 
 
-@pytest.mark.parametrize("name", ["default", "shadow", "flower_dp", "paper_scale",
-                                  "paper_scale_shadow"])
+@pytest.mark.parametrize("name", ["default", "shadow", "anatomy_noise", "flower_dp",
+                                  "paper_scale", "paper_scale_shadow"])
 def test_shipped_configs_pass_every_load_time_check(name: str) -> None:
     from fl_shadow.apps.experiment import check_experiment
     from fl_shadow.config import load_config

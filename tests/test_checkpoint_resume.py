@@ -397,6 +397,9 @@ def _fl_shadow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
                           capture_output=True, text=True, timeout=600, check=False)
 
 
+# Slow (two whole `flwr run`s, ~2-4 min on 2 cores): the resume itself is covered in-process
+# (test_run_dying_in_round_2_resumes_to_the_uninterrupted_numbers); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_killed_flower_run_resumes_to_the_uninterrupted_numbers(
         tmp_path: Path, flower_env: dict[str, str]) -> None:
     config = tmp_path / "tiny.yaml"
