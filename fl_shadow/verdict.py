@@ -328,6 +328,19 @@ def settings_of(records: Iterable[Mapping[str, Any]]) -> list[Setting]:
     return list(seen)
 
 
+def pareto_front(points: Mapping[Any, tuple[float, float]]) -> list[Any]:
+    """The settings no other setting beats on both axes: ``points`` maps a setting to
+    ``(utility cost, leakage)``, both lower-is-better (e.g. FedAvg's macro-F1 minus the
+    setting's, and the worst case's SSIM b/c). A setting is dominated when another is at most
+    as costly *and* leaks at most as much, and is strictly better on one. Returns the front
+    ordered by cost (ties by leakage); non-finite points are never on it."""
+    finite = {k: v for k, v in points.items() if all(math.isfinite(x) for x in v)}
+    front = [k for k, (cost, leak) in finite.items()
+             if not any(c <= cost and l <= leak and (c < cost or l < leak)
+                        for other, (c, l) in finite.items() if other != k)]
+    return sorted(front, key=lambda k: finite[k])
+
+
 def lower_is_more_leaked(name: str) -> bool:
     """Whether a lower value of ``name`` means more leaked: distances (LPIPS, also inside the
     foreground and for the baselines); never ``leak_*``, which are signed the other way."""
@@ -346,6 +359,7 @@ __all__ = [
     "image_rows",
     "lower_is_more_leaked",
     "most_exposed",
+    "pareto_front",
     "privacy_differences",
     "privacy_table",
     "scored_names",

@@ -67,3 +67,14 @@ def test_most_exposed_takes_every_round_and_attack_of_an_image() -> None:
                                              (1.0, "1"), ((1, 2, 3), "1-2-3"), ([], "none")])
 def test_strength_text(value: object, text: str) -> None:
     assert verdict.strength_text(value) == text
+
+
+def test_pareto_front_by_hand() -> None:
+    from fl_shadow.verdict import pareto_front
+
+    points = {"fedavg": (0.0, 0.96), "a": (0.03, 0.76), "b": (0.01, 0.80),
+              "c": (0.05, 0.76),   # as leaky as a, costlier: dominated
+              "d": (0.32, 0.67), "e": (0.02, 0.90),  # e: b is cheaper and leaks less
+              "f": (float("nan"), 0.1)}
+    assert pareto_front(points) == ["fedavg", "b", "a", "d"]
+    assert pareto_front({"x": (0.1, 0.5), "y": (0.1, 0.5)}) == ["x", "y"]  # ties both stay
