@@ -165,7 +165,7 @@ def test_base_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"a\.yaml: base: the chain of base configs loops back"):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match=r"config file not found: nope\.yaml \(shipped "
-                                          r"configs: ct_head, default, "):
+                                          r"configs: anatomy_noise, ct_head, default, "):
         load_config(write(tmp_path, "base: nope.yaml\n"))
     with pytest.raises(ConfigError, match=r"exp\.yaml: base: expected the name or path"):
         load_config(write(tmp_path, "base: [1]\n"))
