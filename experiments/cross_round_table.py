@@ -13,17 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from fl_shadow.metrics import Interval, mean_ci, paired_difference
+from compare_settings import text
+
+from fl_shadow.metrics import mean_ci, paired_difference
 from fl_shadow.threads import set_torch_threads
 from fl_shadow.verdict import image_rows, seed_means
 from fl_shadow.verdict_report import read_sweep
 
 PLAIN, CROSS = "inverting-gradients", "inverting-gradients-cross-round"
-
-
-def text(interval: Interval, digits: int, *, delta: bool = False) -> str:
-    star = " *" if delta and interval.n > 1 and (interval.low > 0 or interval.high < 0) else ""
-    return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}{star}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from compare_settings import label, text
 from matplotlib.figure import Figure
 
 from fl_shadow.metrics import Interval, mean_ci, paired_difference
@@ -40,7 +41,6 @@ from fl_shadow.verdict import (
     image_rows,
     pareto_front,
     seed_means,
-    strength_text,
     utility_values,
     with_worst_case,
 )
@@ -48,12 +48,6 @@ from fl_shadow.verdict_report import read_sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAST_ROUND_ATTACK = "inverting-gradients"
-
-
-def label(setting: Any) -> str:
-    defense, strength, grid = setting
-    extra = "".join(f", {k}={v}" for k, v in grid)
-    return defense + ("" if strength is None else f" {strength_text(strength)}") + extra
 
 
 def common_attacks(folders: list[Path]) -> set[str]:
@@ -93,10 +87,6 @@ def measure(folder: Path, attacks: set[str], reference: str) -> dict[str, dict[s
             "leak": mean_ci(both.values()),
             "psnr": mean_ci(worst["psnr_affine"][setting].values())}
     return out
-
-
-def text(interval: Interval, digits: int) -> str:
-    return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
