@@ -13,7 +13,11 @@ Both write the same results folder; the benchmark checks that their final accura
 
 * ``flwr run``, from its log: **start-up** until ``[ROUND 1]`` (SuperLink, SuperNodes, Ray,
   the ServerApp building the federation), the **rounds** from ``[ROUND 1]`` to ``[SUMMARY]``,
-  and the **shutdown** after;
+  and the **shutdown** after; the start-up's stages (``MILESTONES``: the CLI's checks, the
+  run's submission to the local SuperLink, the simulation process, the ServerApp's build,
+  round 1, the first client reply once Ray and its actors are up); and the rounds after the
+  first (round 1 under Ray includes starting Ray and the actors) against the in-process mean
+  round;
 * in-process: the federation build, then the rounds;
 * both: the clients' own compute, the sum of ``fit_seconds`` over ``fit.jsonl`` (each
   client's ``fit``, timed inside the client), so ``rounds - client compute`` is what the
@@ -25,6 +29,7 @@ Both write the same results folder; the benchmark checks that their final accura
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -49,6 +54,15 @@ QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
          "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 ROUND_LINE = re.compile(r"\[ROUND (\d+)\]")
 SUMMARY_LINE = re.compile(r"\[SUMMARY\]")
+# Where the start-up goes: the first log line of each stage, in order (seconds since launch).
+MILESTONES = {
+    "cli_checked": re.compile(r"fl-shadow: running"),  # imports + the config's load checks
+    "run_submitted": re.compile(r"Successfully started run"),  # local SuperLink, FAB, submit
+    "simulation_started": re.compile(r"Starting Flower Simulation"),  # its process is up
+    "server_app_built": re.compile(r"results folder:"),  # ServerApp imported, federation built
+    "round_1": ROUND_LINE,  # after the global model's initial evaluation
+    "first_client_reply": re.compile(r"ClientAppActor"),  # Ray and the actors are up
+}
 
 
 def overrides(clients: int, rounds: int) -> list[str]:
@@ -83,6 +97,7 @@ def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
                str(run_dir), *[a for s in sets for a in ("--set", s)]]
     start = time.perf_counter()
     round_starts: dict[int, float] = {}
+    milestones: dict[str, float] = {}
     summary = None
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, **QUIET}) as proc:
@@ -91,6 +106,9 @@ def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
         for line in proc.stdout:
             log.append(line)
             now = time.perf_counter() - start
+            for name, pattern in MILESTONES.items():
+                if name not in milestones and pattern.search(line):
+                    milestones[name] = now
             found = ROUND_LINE.search(line)
             if found and int(found.group(1)) not in round_starts:
                 round_starts[int(found.group(1))] = now
@@ -105,7 +123,7 @@ def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
             "rounds": (summary - first) if first is not None and summary is not None else None,
             "shutdown": (seconds - summary) if summary is not None else None,
             "round_starts": [round_starts[k] for k in sorted(round_starts)],
-            "client_compute": client_seconds(run_dir), "accuracy": final_accuracy(run_dir)}
+            "milestones": milestones, "client_compute": client_seconds(run_dir), "accuracy": final_accuracy(run_dir)}
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -135,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
                     ("seconds", "until_round_1", "build", "rounds", "shutdown", "client_compute")
                     if any(key in r for r in v)} for name, v in runs.items()}
     flwr_rounds, inproc_rounds = parts["flwr run"].get("rounds"), parts["in-process"]["rounds"]
+    # Rounds after the first (whose time under Ray includes starting Ray and the actors),
+    # against the in-process mean round.
+    later = [statistics.mean(b - a for a, b in itertools.pairwise(starts_[1:]))
+             for starts_ in ([*r["round_starts"], r["seconds"] - r["shutdown"]]
+                             for r in runs["flwr run"]
+                             if r["shutdown"] is not None and len(r["round_starts"]) > 2)]
+    milestones = {name: statistics.median(r["milestones"][name] for r in runs["flwr run"])
+                  for name in MILESTONES
+                  if all(name in r["milestones"] for r in runs["flwr run"])}
     result = {
         "config": "default.yaml", "overrides": sets, "repeats": args.repeats,
         "torch_threads": threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
@@ -145,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         # the rounds alone (start-up and shutdown left out): the engine's cost per round
         "ratio_rounds_flwr_over_inprocess": (flwr_rounds / inproc_rounds
                                              if flwr_rounds and inproc_rounds else None),
+        "flwr_start_up_milestones_median": milestones,
+        "flwr_seconds_per_round_after_the_first_median": (statistics.median(later)
+                                                          if later else None),
+        "in_process_seconds_per_round_median": inproc_rounds / args.rounds,
         "same_accuracy": len({round(r["accuracy"], 6) for v in runs.values() for r in v}) == 1,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

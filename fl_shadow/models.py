@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 from fl_shadow.errors import ConfigError
 from fl_shadow.registry import Registry
@@ -119,6 +118,10 @@ class ResNet18(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, *, image_size: int = 224) -> None:
         super().__init__()
+        # Imported here: torchvision loads torch._dynamo (~1.2 s), which every process that
+        # imports the models (each Flower actor) would pay, mostly for the small ConvNet.
+        from torchvision.models import resnet18
+
         net = resnet18(weights=None, num_classes=num_classes)
         if image_size < 64:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

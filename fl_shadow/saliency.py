@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from pytorch_grad_cam import GradCAMPlusPlus
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 __all__ = ["cam_maps", "top_fraction_mask"]
@@ -52,6 +50,11 @@ def cam_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     """
     if len(images) == 0:
         return images.new_zeros((0, *images.shape[2:]))
+    # Imported here: pytorch-grad-cam loads torchvision, OpenCV, scikit-learn and matplotlib
+    # (~2.8 s), which every Flower process importing the defenses would pay at start-up.
+    from pytorch_grad_cam import GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     wrapped = _HeadOnly(copy.deepcopy(model)).eval()
     maps = []
     with GradCAMPlusPlus(model=wrapped, target_layers=[wrapped.cam_point]) as cam:

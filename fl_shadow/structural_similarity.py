@@ -11,7 +11,6 @@ and the reported SSIM are one definition.
 
 from __future__ import annotations
 
-import piq
 import torch
 
 __all__ = ["SSIM_KERNEL_SIGMA", "SSIM_KERNEL_SIZE", "ssim_kernel_size", "structural_similarity"]
@@ -38,6 +37,10 @@ def structural_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (:func:`fl_shadow.metrics.ssim` checks, then calls this): ``piq.ssim`` with the window of
     :func:`ssim_kernel_size`, sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``, data range 1, valid
     filtering, no down-sampling, in float64."""
+    # Imported here: piq loads torchvision (~1.3 s), which every Flower process importing the
+    # defenses would pay at start-up; only budget: ssim and scoring compute an SSIM.
+    import piq
+
     kernel_size = ssim_kernel_size(x.shape[-2], x.shape[-1])
     # float64: in float32 the variance terms (E[x^2] - mu^2) lose ~1e-4 to cancellation.
     value = piq.ssim(x.double(), y.double(), kernel_size=kernel_size,

@@ -102,6 +102,23 @@ def test_imports_live_at_module_level() -> None:
     assert inner == []
 
 
+
+# Loaded only where they are used (saliency maps, SSIM, LPIPS, ResNet-18, intervals, plots):
+# each Flower process (the ServerApp, every simulated client's actor, a SuperNode's app)
+# imports the apps at start-up, and these cost ~3 s and ~250 MB there. (scipy.optimize stays:
+# the one federation builder loads the attacks, and GradInversion matches images with it.)
+DEFERRED = ("pytorch_grad_cam", "torchvision", "piq", "sklearn", "cv2", "matplotlib",
+            "scipy.stats")
+
+
+@pytest.mark.parametrize("module", ["fl_shadow.apps.client_app", "fl_shadow.apps.server_app"])
+def test_the_flower_apps_start_without_the_heavy_optional_imports(module: str) -> None:
+    code = (f"import sys, {module}\n"
+            f"print(' '.join(m for m in {DEFERRED!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=ROOT).stdout.split()
+    assert loaded == []
+
 # ---- components declared once ----------------------------------------------------------------
 def test_defense_specs_say_what_the_classes_do() -> None:
     for name in DEFENSES:

@@ -162,6 +162,29 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path, monkeypatch) ->
     assert all(sweeps.is_done(c, out) for c in cells)
 
 
+def test_resuming_into_another_sweeps_records_is_refused(
+        swept: tuple[Path, list[sweeps.FederationCell]], tmp_path: Path) -> None:
+    out, cells = swept
+    sweeps.check_records(cells, out)  # the same spec: its own records
+    # Cell folders hash the cell's key, not the base or the overrides: the same names, stale
+    # records.
+    spec, spec_dir = sweeps.load_sweep(write_spec(tmp_path,
+                                                  overrides=[*TINY, "train.local_epochs=2"]))
+    changed = sweeps.plan(spec, spec_dir)
+    assert [c.name for c in changed] == [c.name for c in cells]
+    before = (out / "sweep.json").read_text()
+    with pytest.raises(ConfigError, match=rf"^{out}/cells/fedavg-seed0-\w+/federation.json: "
+                                          r"recorded with another config \(train.local_epochs: "
+                                          r"1 there, 2 now\); use a new --out folder"):
+        list(sweeps.run_sweep(spec, changed, out))
+    assert (out / "sweep.json").read_text() == before  # refused before anything was written
+    spec, spec_dir = sweeps.load_sweep(write_spec(tmp_path, attacks=[
+        {"label": "ig", "name": "inverting_gradients", "params": {**IG, "iterations": 4}}]))
+    with pytest.raises(ConfigError, match=r"/attack-ig.json: recorded with another attack "
+                                          r"\(params.iterations: 3 there, 4 now\)"):
+        sweeps.check_records(sweeps.plan(spec, spec_dir), out)
+
+
 def test_an_attack_may_run_on_fewer_rounds(tmp_path: Path) -> None:
     spec, spec_dir = sweeps.load_sweep(write_spec(
         tmp_path, seeds=[0], defenses=[{"label": "fedavg", "name": "none"}],

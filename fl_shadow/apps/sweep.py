@@ -550,9 +550,64 @@ def run_cell_with_flwr(cell: FederationCell, out_dir: Path) -> dict[str, Any]:
 # The sweep
 # ---------------------------------------------------------------------------------------------
 def is_done(cell: FederationCell, out_dir: Path) -> bool:
+    """The cell's federation and every one of its attacks have a record."""
     folder = out_dir / "cells" / cell.name
     return (folder / "federation.json").exists() and all(
         (folder / f"attack-{a.label}.json").exists() for a in cell.attacks)
+
+
+def check_records(cells: Sequence[FederationCell], out_dir: Path) -> None:
+    """Refuse to resume into records another sweep wrote.
+
+    A cell's folder name hashes its key (defense, strength, seed, axes), not the base config
+    or the spec's overrides, and an attack's record is found by its label: editing the spec and
+    rerunning into the same folder would otherwise reuse the old federations and attacks as if
+    they were the new ones. Each existing record is compared with what the cell would run: the
+    federation's config (keys a record predates are not compared; ``output_dir`` never
+    matters) and each attack's name, params, ``adaptive`` and ``combine_rounds``.
+
+    Raises:
+        ConfigError: naming the cell's folder and the first difference.
+    """
+    for cell in cells:
+        folder = out_dir / "cells" / cell.name
+        federation = folder / "federation.json"
+        if federation.is_file():
+            stored = json.loads(federation.read_text()).get("config", {})
+            current = {k: v for k, v in cell.config.to_dict().items() if k != "output_dir"}
+            difference = _first_difference(stored, current)
+            if difference is not None:
+                raise ConfigError(f"{federation}: recorded with another config ({difference}); "
+                                  "use a new --out folder or delete this cell's folder")
+        for attack in cell.attacks:
+            path = folder / f"attack-{attack.label}.json"
+            if not path.is_file():
+                continue
+            stored = json.loads(path.read_text())
+            current = {"name": attack.name, "params": dict(attack.params),
+                       "adaptive": attack.adaptive, "combine_rounds": attack.combine_rounds}
+            difference = _first_difference({k: stored[k] for k in current if k in stored},
+                                           current)
+            if difference is not None:
+                raise ConfigError(f"{path}: recorded with another attack ({difference}); use a "
+                                  "new --out folder or delete this record")
+
+
+def _first_difference(stored: Any, current: Any, where: str = "") -> str | None:
+    """``key: <stored> there, <current> now`` for the first differing dotted key; keys only
+    ``current`` has are skipped (records written before the key existed)."""
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        for key in current:
+            if key in stored:
+                found = _first_difference(stored[key], current[key],
+                                          f"{where}.{key}" if where else str(key))
+                if found is not None:
+                    return found
+        return None
+    # JSON reads tuples back as lists; plain values compare as they are.
+    if json.loads(json.dumps(current, default=_json_default)) != stored:
+        return f"{where or 'value'}: {stored!r} there, {current!r} now"
+    return None
 
 
 def _worker_init() -> None:
@@ -579,6 +634,7 @@ def run_sweep(spec: SweepSpec, cells: Sequence[FederationCell], out_dir: Path, *
         engine: ``inprocess`` or ``flwr`` (default: the spec's).
     """
     engine = engine or spec.engine
+    check_records(cells, out_dir)  # before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = (json.loads((out_dir / "sweep.json").read_text())
                 if (out_dir / "sweep.json").is_file() else {})
@@ -649,5 +705,5 @@ def read_records(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 
 __all__ = ["AttackAxis", "DefenseAxis", "FederationCell", "Kept", "SweepSpec", "attack_cell",
-           "cell_name", "is_done", "load_sweep", "plan", "read_records", "replay",
+           "cell_name", "check_records", "is_done", "load_sweep", "plan", "read_records", "replay",
            "run_cell", "run_sweep"]

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import alexnet
 
 from fl_shadow.metrics._validation import check_pair
 
@@ -229,6 +228,10 @@ class AlexLpips(nn.Module):
     def __init__(self, features_state: dict[str, torch.Tensor],
                  lin_state: dict[str, torch.Tensor]) -> None:
         super().__init__()
+        # Imported here: torchvision loads torch._dynamo (~1.2 s), which every process that
+        # imports the metrics package (each Flower actor) would pay without scoring anything.
+        from torchvision.models import alexnet
+
         features = alexnet(weights=None).features
         features.load_state_dict(features_state)
         self.slices = nn.ModuleList(features[a:b] for a, b in _SLICES)
