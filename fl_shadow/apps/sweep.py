@@ -586,8 +586,7 @@ def check_records(cells: Sequence[FederationCell], out_dir: Path) -> None:
             stored = json.loads(path.read_text())
             current = {"name": attack.name, "params": dict(attack.params),
                        "adaptive": attack.adaptive, "combine_rounds": attack.combine_rounds}
-            difference = _first_difference({k: stored[k] for k in current if k in stored},
-                                           current)
+            difference = _first_difference(stored, current)
             if difference is not None:
                 raise ConfigError(f"{path}: recorded with another attack ({difference}); use a "
                                   "new --out folder or delete this record")
