@@ -123,7 +123,8 @@ def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
             "rounds": (summary - first) if first is not None and summary is not None else None,
             "shutdown": (seconds - summary) if summary is not None else None,
             "round_starts": [round_starts[k] for k in sorted(round_starts)],
-            "milestones": milestones, "client_compute": client_seconds(run_dir), "accuracy": final_accuracy(run_dir)}
+            "milestones": milestones, "client_compute": client_seconds(run_dir),
+            "accuracy": final_accuracy(run_dir)}
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
