@@ -82,7 +82,6 @@ from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
-from scipy.optimize import linear_sum_assignment
 from torch.func import vmap
 
 from attacks.base import Observation, Prior, Reconstruction, ThreatModelNeeds, register_attack
@@ -525,6 +524,10 @@ class SeedGroup:
 
     def _match(self, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         """Slot permutation ``perm`` with ``x[perm[k]]`` ~ ``anchor[k]`` within classes."""
+        # Imported here: scipy.optimize costs ~0.5 s at import, and the federation builder loads
+        # every attack in every Flower process, most of which never run this one.
+        from scipy.optimize import linear_sum_assignment
+
         perm = torch.arange(len(x))
         for members in self.classes:
             if len(members) < 2:

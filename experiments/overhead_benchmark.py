@@ -4,7 +4,13 @@ The same config (the offline default with a Dirichlet partition over ``--clients
 no attack, ``--rounds`` rounds) runs, interleaved ``--repeats`` times:
 
 * **in-process**: :func:`fl_shadow.apps.inprocess.run_in_process`, Flower's own server loop
-  with every client called in this process, one after the other (the sweep runner's engine);
+  with every client called in one process, one after the other (the sweep runner's engine),
+  in a fresh Python process started by this script (``--in-process-child``), timed from its
+  launch to its exit like ``flwr run``: both then pay their interpreter's start, their imports
+  and each process's first-call costs (loading the dataset, torch's first optimizer step).
+  Earlier versions of this benchmark timed the in-process run inside this script's process,
+  with its imports done and, from the second repeat on, its dataset and torch warm:
+  ``--warm`` times that too ("in-process, warm"), for comparison with those figures;
 * **flwr run**: ``fl-shadow run``, i.e. ``flwr run .`` on Flower's simulation engine (a local
   SuperLink, one SuperNode per hospital, Ray actors), as a user runs it.
 
@@ -18,12 +24,14 @@ Both write the same results folder; the benchmark checks that their final accura
   round 1, the first client reply once Ray and its actors are up); and the rounds after the
   first (round 1 under Ray includes starting Ray and the actors) against the in-process mean
   round;
-* in-process: the federation build, then the rounds;
+* in-process: the rounds (the first pays loading the dataset and torch's first-step
+  imports), the build, and ``imports``: the rest of the child's wall time (interpreter
+  start, imports, exit);
 * both: the clients' own compute, the sum of ``fit_seconds`` over ``fit.jsonl`` (each
   client's ``fit``, timed inside the client), so ``rounds - client compute`` is what the
   engine spends around the clients (messages, serialisation, scheduling, evaluation).
 
-    python experiments/overhead_benchmark.py [--clients 20] [--rounds 3] [--repeats 2]
+    python experiments/overhead_benchmark.py [--clients 20] [--rounds 3] [--repeats 2] [--warm]
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ def client_seconds(run_dir: Path) -> float:
 
 
 def in_process(sets: list[str], run_dir: Path) -> dict[str, Any]:
+    """The federation run in this process (imports done; warm after the first repeat)."""
     start = time.perf_counter()
     federation = build_federation(load_config(None, sets))
     built = time.perf_counter()
@@ -90,6 +99,22 @@ def in_process(sets: list[str], run_dir: Path) -> dict[str, Any]:
     end = time.perf_counter()
     return {"seconds": end - start, "build": built - start, "rounds": end - built,
             "client_compute": client_seconds(run_dir), "accuracy": final_accuracy(run_dir)}
+
+
+def in_process_fresh(sets: list[str], run_dir: Path) -> dict[str, Any]:
+    """:func:`in_process` in a new Python process, timed from its launch to its exit."""
+    command = [sys.executable, __file__, "--in-process-child", str(run_dir),
+               *[a for s in sets for a in ("--set", s)]]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **QUIET},
+                          check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit("in-process child failed:\n" + proc.stderr[-3000:])
+    inner = json.loads(proc.stdout.strip().splitlines()[-1])
+    # imports: the child's wall time outside its build and rounds (start, imports, exit)
+    return {**inner, "seconds": seconds,
+            "imports": seconds - inner["build"] - inner["rounds"]}
 
 
 def flwr_run(sets: list[str], run_dir: Path) -> dict[str, Any]:
@@ -138,20 +163,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "overhead_benchmark_cpu.json")
+    parser.add_argument("--warm", action="store_true",
+                        help="also time the in-process run inside this process (the earlier "
+                        "measurement: imports done, warm after the first repeat)")
+    parser.add_argument("--in-process-child", type=Path, metavar="RUN_DIR",
+                        help=argparse.SUPPRESS)  # the fresh process of in_process_fresh
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = set_torch_threads()  # FL_SHADOW_THREADS, default 1
+    if args.in_process_child is not None:
+        print(json.dumps(in_process(args.set, args.in_process_child)))
+        return 0
     sets = overrides(args.clients, args.rounds)
-    runs: dict[str, list[dict[str, Any]]] = {"in-process": [], "flwr run": []}
+    engines = [("in-process", in_process_fresh), ("flwr run", flwr_run)]
+    if args.warm:
+        engines.append(("in-process, warm", in_process))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in engines}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):  # interleaved: load drifts hit both alike
-            for name, fn in (("in-process", in_process), ("flwr run", flwr_run)):
-                run = fn(sets, Path(tmp) / f"{name.replace(' ', '-')}-{i}")
+            for name, fn in engines:
+                run = fn(sets, Path(tmp) / f"{name.replace(' ', '-').replace(',', '')}-{i}")
                 runs[name].append(run)
                 print(f"{name} #{i + 1}: {run['seconds']:.1f} s", flush=True)
     median = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
     starts = [r["until_round_1"] for r in runs["flwr run"] if r["until_round_1"] is not None]
     parts = {name: {key: median_of(v, key) for key in
-                    ("seconds", "until_round_1", "build", "rounds", "shutdown", "client_compute")
+                    ("seconds", "until_round_1", "imports", "build", "rounds", "shutdown",
+                     "client_compute")
                     if any(key in r for r in v)} for name, v in runs.items()}
     flwr_rounds, inproc_rounds = parts["flwr run"].get("rounds"), parts["in-process"]["rounds"]
     # Rounds after the first (whose time under Ray includes starting Ray and the actors),
@@ -168,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "runs": runs, "median_seconds": median,
         "ratio_flwr_over_inprocess": median["flwr run"] / median["in-process"],
+        **({"ratio_flwr_over_inprocess_warm": median["flwr run"] / median["in-process, warm"]}
+           if args.warm else {}),
         "flwr_until_round_1_median": statistics.median(starts) if starts else None,
         "breakdown_median_seconds": parts,
         # the rounds alone (start-up and shutdown left out): the engine's cost per round

@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 __all__ = ["combine_rounds", "standardize"]
 
@@ -43,6 +42,10 @@ def _aligned(current: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
     """``earlier`` (standardized) reordered to ``current``'s (standardized) order."""
     k = len(current)
     ncc = current.flatten(1) @ earlier.flatten(1).T / current[0].numel()   # (K, K)
+    # Imported here: scipy.optimize costs ~0.5 s at import in every process that loads the
+    # attacks (all Flower processes do), most of which never run this one.
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(-ncc.detach().cpu().numpy())
     order = torch.empty(k, dtype=torch.long)
     order[torch.as_tensor(rows)] = torch.as_tensor(cols)

@@ -37,10 +37,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from fl_shadow.metrics import Interval, mean_ci
 from fl_shadow.verdict import (
@@ -56,6 +55,9 @@ from fl_shadow.verdict import (
     utility_table,
     with_worst_case,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -756,6 +758,10 @@ def _clip_axis(set_lim: Callable[..., Any], limits: tuple[float, float], low: fl
 
 def plot_pareto(verdict: Verdict, path: Path) -> None:
     """Two panels: worst-case PSNR b/c and SSIM b/c (y) against macro-F1 (x)."""
+    # Imported here: matplotlib costs ~0.3 s at import in the CLI, which loads this module
+    # for `fl-shadow sweep` and draws only when a report is written.
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(14, 5.2), dpi=DPI)
     axes = fig.subplots(1, 2)
     prior = _baseline_intervals(verdict, "prior")
@@ -807,6 +813,8 @@ def _figure_legend(fig: Figure, ax: Any) -> None:
 
 def plot_rounds(verdict: Verdict, path: Path) -> None:
     """Worst-case PSNR b/c and SSIM b/c per attacked round, one line per setting."""
+    from matplotlib.figure import Figure  # imported here: see plot_pareto
+
     fig = Figure(figsize=(14, 4.6), dpi=DPI)
     axes = fig.subplots(1, 2)
     rounds = verdict.rounds
@@ -937,6 +945,8 @@ def draw_tiles(path: Path, tiles: Sequence[Sequence[np.ndarray | None]], *,
         tile_inches: a tile's side.
         label_inches: the row labels' margin.
     """
+    from matplotlib.figure import Figure  # imported here: see plot_pareto
+
     shape = next((t.shape[:2] for row in tiles for t in row if t is not None), (8, 8))
     h, w = int(shape[0]), int(shape[1])
     rows, cols = len(tiles), max(len(row) for row in tiles)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,6 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from fl_shadow import flower_keys as keys
 from fl_shadow.checkpoint import (
@@ -81,9 +81,15 @@ def simulated_federation_size(client_manager: ClientManager) -> int | None:
     ServerApp's grid reports is the federation's size. In deployment nodes come and go (None:
     only waiting tells), as in the in-process driver, whose proxies have no grid.
     """
+    # Flower's module, looked up rather than imported: importing it costs ~0.5 s (its link
+    # state loads SQLAlchemy and Alembic) in every process that loads the strategies, and while
+    # it is not imported no grid of this process can be one of its InMemoryGrids.
+    inmemory = sys.modules.get("flwr.superlink.grid.inmemory_grid")
     for proxy in client_manager.all().values():
         grid = getattr(proxy, "grid", None)
-        return len(list(grid.get_node_ids())) if isinstance(grid, InMemoryGrid) else None
+        if inmemory is None or not isinstance(grid, inmemory.InMemoryGrid):
+            return None
+        return len(list(grid.get_node_ids()))
     return None
 
 

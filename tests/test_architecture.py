@@ -108,7 +108,7 @@ def test_imports_live_at_module_level() -> None:
 # imports the apps at start-up, and these cost ~3 s and ~250 MB there. (scipy.optimize stays:
 # the one federation builder loads the attacks, and GradInversion matches images with it.)
 DEFERRED = ("pytorch_grad_cam", "torchvision", "piq", "sklearn", "cv2", "matplotlib",
-            "scipy.stats")
+            "scipy.stats", "scipy.optimize")
 
 
 @pytest.mark.parametrize("module", ["fl_shadow.apps.client_app", "fl_shadow.apps.server_app"])

@@ -14,7 +14,9 @@ components, the machine, the data); a problem is one line naming the key, exit 2
 ``run``
 pretrains the public-data generator when the defense or attack needs one and no cached
 checkpoint exists (with a progress bar, once, before the clients start), sizes the local simulation to the config (``num-supernodes`` = clients, CPU/GPU per client),
-launches ``flwr run`` with telemetry, usage stats and runtime dependency installation off, and
+launches ``flwr run`` on a copy of the app's files (:mod:`fl_shadow.apps.staging`: the same
+bundle, without Flower walking a virtual environment inside the project) with telemetry, usage
+stats and runtime dependency installation off, and
 finally checks the run's own outcome (``status.json``), because ``flwr run --stream`` exits 0
 even when the ServerApp fails: exit 0 when it says ``completed`` (the summary is printed, its
 "Warnings" last), else exit 1 with the run's warnings (``warnings.jsonl``), state and one-line
@@ -50,6 +52,7 @@ from fl_shadow import flower_keys as keys
 from fl_shadow.apps import sweep as sweeps
 from fl_shadow.apps.experiment import check_experiment, load_experiment
 from fl_shadow.apps.federation import Federation
+from fl_shadow.apps.staging import stage_app
 from fl_shadow.checkpoint import keeps_client_state, prepare_resume
 from fl_shadow.config import DEFAULT_CONFIG, ExperimentConfig, resolve_config_path
 from fl_shadow.data import load_dataset
@@ -153,12 +156,20 @@ def _launch(config: ExperimentConfig, config_path: Path, overrides: list[str], r
     env = {**os.environ, **QUIET_ENV,
            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
+        # Flower bundles the app from a copy of its files: from the project itself it would
+        # walk every file of a virtual environment inside it first (seconds; staging.py).
+        try:
+            stage_app(app_dir, Path(tmp) / "app")
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+        except ValueError as exc:  # Flower's, e.g. a fab-include pattern that matches nothing
+            raise ConfigError(f"{app_dir / 'pyproject.toml'}: {exc}") from None
         cmd = flwr_command(config_path, overrides, run_dir,
                            num_clients=config.partition.num_clients,
                            cpus_per_client=config.simulation.num_cpus_per_client,
                            gpus_per_client=config.simulation.num_gpus_per_client,
                            run_config_file=Path(tmp) / "run_config.toml", resume=resume,
-                           app_dir=app_dir)
+                           app_dir=Path(tmp) / "app")
         proc = subprocess.run(cmd, env=env, check=False)
     status_file = run_dir / "status.json"
     status = json.loads(status_file.read_text()) if status_file.exists() else {"state": "missing"}

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from fl_shadow.metrics._validation import check_images
 from fl_shadow.metrics.image import psnr, ssim
@@ -56,6 +55,10 @@ def match_reconstructions(recon: torch.Tensor, truth: torch.Tensor
     # (K, N) mean squared errors: |r|^2 + |t|^2 - 2 r.t, clamped against round-off.
     sq_dist = (r.pow(2).sum(1, keepdim=True) + t.pow(2).sum(1) - 2.0 * r @ t.T).clamp_min(0.0)
     mse = (sq_dist / r.shape[1]).cpu().numpy()
+    # Imported here: scipy.optimize costs ~0.5 s at import, and every Flower client process
+    # loads this package (for its accuracy and macro-F1) without ever scoring a reconstruction.
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(mse)
     order = np.argsort(cols, kind="stable")
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
